@@ -1,0 +1,87 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "stepwise",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "stepwise", targets: ["stepwise"]),
+        .library(name: "StepwiseCore", targets: ["StepwiseCore"]),
+        .library(name: "StepwiseAgents", targets: ["StepwiseAgents"]),
+        .library(name: "StepwiseRedis", targets: ["StepwiseRedis"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CHiredis",
+            pkgConfig: "hiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        .target(
+            name: "StepwiseRedis",
+            dependencies: [
+                "CHiredis",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "StepwiseCore",
+            dependencies: [
+                "StepwiseRedis",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "StepwiseAgents",
+            dependencies: ["StepwiseCore"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "StepwiseTesting",
+            dependencies: ["StepwiseRedis", "StepwiseCore"],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "stepwise",
+            dependencies: [
+                "StepwiseCore",
+                "StepwiseAgents",
+                "StepwiseRedis",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "StepwiseRedisTests",
+            dependencies: ["StepwiseRedis"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "StepwiseCoreTests",
+            dependencies: ["StepwiseCore", "StepwiseAgents"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "StepwiseIntegrationTests",
+            dependencies: ["StepwiseCore", "StepwiseAgents", "StepwiseRedis", "StepwiseTesting"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,107 @@
+import StepwiseCore
+
+extension AgentRegistry {
+    /// The built-in agents: `echo`, `counter`, `sleep` and `quiz`.
+    public static var builtIn: AgentRegistry {
+        AgentRegistry([EchoAgent(), CounterAgent(), SleepAgent(), QuizAgent()])
+    }
+}
+
+/// Returns its input as the result and finishes (status `done`).
+public struct EchoAgent: Agent {
+    public let name = "echo"
+    public init() {}
+    public func step(state: JSONValue, input: JSONValue, context: StepContext) async throws -> StepResult {
+        StepResult(state: ["last": input], outcome: .done(input))
+    }
+}
+
+/// Counts steps and records each input in applied order: state `{"count": N, "inputs": [...]}`.
+///
+/// The ledger the tests and the benchmark check: `inputs` must equal what was submitted, in order.
+public struct CounterAgent: Agent {
+    public let name = "counter"
+    public init() {}
+    public func initialState(options: JSONValue) -> JSONValue { ["count": 0, "inputs": []] }
+    public func step(state: JSONValue, input: JSONValue, context: StepContext) async throws -> StepResult {
+        let count = state["count"]?.intValue ?? 0
+        let inputs = state["inputs"]?.arrayValue ?? []
+        if let ms = context.options["ms"]?.intValue, ms > 0 { try await Task.sleep(for: .milliseconds(ms)) }
+        return StepResult(state: ["count": .number(Double(count + 1)), "inputs": .array(inputs + [input])], outcome: .waitForInput)
+    }
+}
+
+/// Waits `ms` milliseconds (from the input's `ms`, else the option `ms`, else 100), standing in
+/// for an LLM call; cancellable.
+public struct SleepAgent: Agent {
+    public let name = "sleep"
+    public init() {}
+    public func step(state: JSONValue, input: JSONValue, context: StepContext) async throws -> StepResult {
+        let ms = input["ms"]?.intValue ?? input.intValue ?? context.options["ms"]?.intValue ?? 100
+        guard (0...3_600_000).contains(ms) else { return StepResult(state: state, outcome: .fail("ms \(ms) is out of range 0-3600000")) }
+        try await Task.sleep(for: .milliseconds(ms))
+        let slept = (state["slept_ms"]?.intValue ?? 0) + ms
+        return StepResult(state: ["slept_ms": .number(Double(slept)), "steps": .number(Double(context.step))], outcome: .waitForInput)
+    }
+}
+
+/// Writes a quiz: plans, writes one question per step (with progress events), then summarises.
+///
+/// Input of the first step: `{"topic": "...", "questions": N}` (or just a topic string); N is
+/// 1-20, default 3. Deterministic and offline: the "LLM" is a template. The option `ms` adds a
+/// simulated model latency to each step.
+public struct QuizAgent: Agent {
+    public let name = "quiz"
+    public init() {}
+
+    public func step(state: JSONValue, input: JSONValue, context: StepContext) async throws -> StepResult {
+        if let ms = context.options["ms"]?.intValue, ms > 0 { try await Task.sleep(for: .milliseconds(min(ms, 60_000))) }
+        let phase = input["phase"]?.stringValue ?? "plan"
+        switch phase {
+        case "plan":
+            let topic = input["topic"]?.stringValue ?? input.stringValue ?? ""
+            guard !topic.isEmpty else {
+                return StepResult(state: state, outcome: .fail("quiz needs a topic: --input '{\"topic\":\"Swift\",\"questions\":3}'"))
+            }
+            let n = input["questions"]?.intValue ?? 3
+            guard (1...20).contains(n) else {
+                return StepResult(state: state, outcome: .fail("questions must be 1-20, got \(n)"))
+            }
+            let angles = ["basics", "history", "tools", "pitfalls", "practice", "trivia", "future"]
+            let plan = (0..<n).map { JSONValue.string("\(topic): \(angles[$0 % angles.count])") }
+            try await context.progress("planned \(n) questions", data: ["plan": .array(plan)])
+            return StepResult(
+                state: ["topic": .string(topic), "plan": .array(plan), "questions": []],
+                outcome: .next(["phase": "question", "index": 0]))
+        case "question":
+            let index = input["index"]?.intValue ?? 0
+            let plan = state["plan"]?.arrayValue ?? []
+            var questions = state["questions"]?.arrayValue ?? []
+            guard index < plan.count, let angle = plan[index].stringValue else {
+                return StepResult(state: state, outcome: .fail("question index \(index) is outside the plan"))
+            }
+            try await context.progress("writing question \(index + 1) of \(plan.count)", data: ["index": .number(Double(index))])
+            let choices: [JSONValue] = (1...4).map { .string("option \($0) about \(angle)") }
+            let question: JSONValue = [
+                "q": .string("Question \(index + 1): what matters most in \(angle)?"),
+                "choices": .array(choices), "answer": .number(Double((index * 7 + 1) % 4)),
+            ]
+            questions.append(question)
+            var next = state.objectValue ?? [:]
+            next["questions"] = .array(questions)
+            let outcome: StepOutcome =
+                index + 1 < plan.count ? .next(["phase": "question", "index": .number(Double(index + 1))]) : .next(["phase": "summary"])
+            return StepResult(state: .object(next), outcome: outcome)
+        case "summary":
+            let count = state["questions"]?.arrayValue?.count ?? 0
+            let topic = state["topic"]?.stringValue ?? ""
+            try await context.progress("summarising", data: .null)
+            var next = state.objectValue ?? [:]
+            let summary = JSONValue.string("A \(count)-question quiz on \(topic).")
+            next["summary"] = summary
+            return StepResult(state: .object(next), outcome: .done(["summary": summary, "questions": .number(Double(count))]))
+        default:
+            return StepResult(state: state, outcome: .fail("unknown quiz phase '\(phase)'"))
+        }
+    }
+}

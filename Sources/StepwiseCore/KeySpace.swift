@@ -1,0 +1,55 @@
+import StepwiseRedis
+
+/// Every Redis key Stepwise uses, built from one namespace.
+///
+/// Per-session keys carry the session id as a Redis Cluster hash tag (`sw:s:{id}…`), so all of a
+/// session's keys live in one slot. Pool-wide keys (`ready`, in-flight lists, indexes) do not.
+public struct KeySpace: Sendable, Hashable {
+    /// The namespace, without the trailing colon.
+    public let namespace: String
+    /// `namespace + ":"`, the prefix of every key (also passed to scripts that derive session keys).
+    public let prefix: String
+
+    /// Creates a key space.
+    ///
+    /// - Throws: ``StepwiseError`` when the namespace is empty, longer than 64 bytes, or holds
+    ///   characters other than `A-Z a-z 0-9 _ - .`.
+    public init(namespace: String = "sw") throws(StepwiseError) {
+        let ok =
+            (1...64).contains(namespace.utf8.count)
+            && namespace.utf8.allSatisfy { b in
+                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x5F
+                    || b == 0x2D || b == 0x2E
+            }
+        guard ok else {
+            throw StepwiseError(
+                .invalidConfiguration,
+                "invalid namespace '\(namespace)': use 1-64 characters from A-Z a-z 0-9 _ - .")
+        }
+        self.namespace = namespace
+        self.prefix = namespace + ":"
+    }
+
+    /// LIST of job ids ready to run: at most one per session, the head of its inbox.
+    public var ready: String { prefix + "ready" }
+    /// ZSET of worker ids, scored by their last heartbeat (ms).
+    public var workers: String { prefix + "workers" }
+    /// ZSET of session ids, scored by last activity (ms).
+    public var sessions: String { prefix + "sessions" }
+    /// HASH of pool-wide counters (`committed`, `stale_commits`, `reaped`, ...).
+    public var stats: String { prefix + "stats" }
+    /// LIST of the job ids a worker process holds (the reliable-queue in-flight list).
+    public func inflight(worker: String) -> String { prefix + "inflight:" + worker }
+    /// STRING with a TTL that a live worker keeps refreshing.
+    public func heartbeat(worker: String) -> String { prefix + "worker:" + worker }
+    /// HASH of a session: metadata, options and the agent's state document.
+    public func session(_ id: SessionID) -> String { prefix + "s:{" + id.rawValue + "}" }
+    /// LIST of the session's pending job ids, in the order they will apply.
+    public func inbox(_ id: SessionID) -> String { session(id) + ":inbox" }
+    /// HASH of the session's pending jobs: `seq` → input JSON, `seq:a` → attempts, `seq:t` → submit time.
+    public func jobs(_ id: SessionID) -> String { session(id) + ":jobs" }
+    /// HASH of idempotency key → job id.
+    public func idempotency(_ id: SessionID) -> String { session(id) + ":idem" }
+    /// STREAM of the session's progress events.
+    public func events(_ id: SessionID) -> String { session(id) + ":events" }
+}

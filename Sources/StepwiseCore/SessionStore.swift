@@ -1,0 +1,121 @@
+import StepwiseRedis
+
+/// Reads sessions, the queue and event streams: everything `status`, `sessions`, `queue` and
+/// `watch` show.
+public struct SessionStore: Sendable {
+    public let connection: RedisConnection
+    public let keys: KeySpace
+
+    public init(connection: RedisConnection, keys: KeySpace) {
+        self.connection = connection
+        self.keys = keys
+    }
+
+    /// The session, or `nil` when it does not exist (or expired). One round trip.
+    public func session(_ id: SessionID) async throws -> SessionSnapshot? {
+        let replies = try await connection.pipeline([
+            [
+                "HMGET", RedisArgument(keys.session(id)), "agent", "owner", "status", "version", "steps", "created",
+                "active", "options", "state",
+            ],
+            ["LLEN", RedisArgument(keys.inbox(id))],
+        ])
+        for r in replies { try r.throwingServerError() }
+        guard let f = replies[0].array, f.count == 9, let agent = f[0].string else { return nil }
+        func json(_ v: RESPValue) -> JSONValue {
+            guard let b = v.bytes else { return .null }
+            return (try? JSONValue(parsing: b)) ?? .string(String(decoding: b, as: UTF8.self))
+        }
+        return SessionSnapshot(
+            id: id, agent: agent, owner: f[1].string ?? "",
+            status: f[2].string.flatMap(SessionStatus.init(rawValue:)) ?? .idle,
+            version: f[3].int ?? 0, steps: f[4].int ?? 0,
+            createdAt: Int64(f[5].int ?? 0), lastActiveAt: Int64(f[6].int ?? 0),
+            options: json(f[7]), state: json(f[8]), queued: replies[1].int ?? 0)
+    }
+
+    /// The most recently active sessions, newest first, with status and step count.
+    public func recentSessions(limit: Int) async throws -> [(id: String, lastActiveAt: Int64, status: String, steps: Int)] {
+        let reply = try await connection.send(["ZREVRANGE", RedisArgument(keys.sessions), 0, RedisArgument(limit - 1), "WITHSCORES"])
+            .throwingServerError()
+        let items = reply.array ?? []
+        var rows: [(String, Int64)] = []
+        var i = 0
+        while i + 1 < items.count {
+            if let id = items[i].string { rows.append((id, Int64(items[i + 1].string.flatMap { Double($0) } ?? 0))) }
+            i += 2
+        }
+        let valid = rows.compactMap { row in (try? SessionID(row.0)).map { ($0, row.1) } }
+        guard !valid.isEmpty else { return [] }
+        let details = try await connection.pipeline(valid.map { ["HMGET", RedisArgument(keys.session($0.0)), "status", "steps"] })
+        return zip(valid, details).map { row, d in
+            let f = d.array ?? []
+            return (row.0.rawValue, row.1, f.first?.string ?? "expired", f.count > 1 ? (f[1].int ?? 0) : 0)
+        }
+    }
+
+    /// Queue depth and what each registered worker holds.
+    public func queueInfo() async throws -> QueueInfo {
+        let head = try await connection.pipeline([
+            ["LLEN", RedisArgument(keys.ready)],
+            ["ZRANGE", RedisArgument(keys.workers), 0, -1, "WITHSCORES"],
+            ["HGETALL", RedisArgument(keys.stats)],
+        ])
+        for r in head { try r.throwingServerError() }
+        var workers: [(String, Int64)] = []
+        let w = head[1].array ?? []
+        var i = 0
+        while i + 1 < w.count {
+            workers.append((w[i].string ?? "", Int64(w[i + 1].string.flatMap { Double($0) } ?? 0)))
+            i += 2
+        }
+        var stats: [String: Int] = [:]
+        let s = head[2].array ?? []
+        i = 0
+        while i + 1 < s.count {
+            stats[s[i].string ?? ""] = s[i + 1].int ?? 0
+            i += 2
+        }
+        var rows: [QueueInfo.WorkerRow] = []
+        if !workers.isEmpty {
+            let details = try await connection.pipeline(
+                workers.flatMap { [["LLEN", RedisArgument(keys.inflight(worker: $0.0))], ["PTTL", RedisArgument(keys.heartbeat(worker: $0.0))]] })
+            for (n, wk) in workers.enumerated() {
+                rows.append(
+                    .init(id: wk.0, lastHeartbeatAt: wk.1, inflight: details[2 * n].int ?? 0, alive: (details[2 * n + 1].int ?? -2) > 0))
+            }
+        }
+        return QueueInfo(ready: head[0].int ?? 0, workers: rows, stats: stats)
+    }
+
+    /// Events after `after` (exclusive; `"0"` for all), waiting up to `block` when there are none.
+    ///
+    /// `XREAD [BLOCK ms] COUNT n STREAMS key id`: see <https://redis.io/docs/latest/commands/xread/>.
+    /// The socket timeout is raised for the block, so it never cuts the wait short.
+    public func events(of id: SessionID, after: String, count: Int = 100, block: Duration? = nil) async throws -> [StepEvent] {
+        var command: [RedisArgument] = ["XREAD", "COUNT", RedisArgument(count)]
+        if let block { command += ["BLOCK", RedisArgument(max(1, block.milliseconds))] }
+        command += ["STREAMS", RedisArgument(keys.events(id)), RedisArgument(after)]
+        let reply = try await connection.send(command, blockingFor: block).throwingServerError()
+        guard let streams = reply.array, let first = streams.first?.array, first.count == 2, let entries = first[1].array else {
+            return []
+        }
+        return entries.compactMap(StepEvent.init(entry:))
+    }
+}
+
+/// The state of the queue, for `stepwise queue`.
+public struct QueueInfo: Sendable {
+    /// One worker process registered in the pool.
+    public struct WorkerRow: Sendable {
+        public var id: String
+        public var lastHeartbeatAt: Int64
+        public var inflight: Int
+        public var alive: Bool
+    }
+    /// Jobs waiting in the ready list.
+    public var ready: Int
+    public var workers: [WorkerRow]
+    /// Pool-wide counters (`committed`, `stale_commits`, `reaped`, `skipped`).
+    public var stats: [String: Int]
+}

@@ -1,0 +1,55 @@
+/// An error of the Stepwise engine, with an opaque code that can grow without an API break.
+public struct StepwiseError: Error, Sendable, CustomStringConvertible {
+    /// What went wrong.
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        private enum Base: String, Sendable, Hashable {
+            case invalidSessionID, invalidJSON, inputTooLarge, unknownAgent, agentMismatch, notOwner
+            case sessionNotFound, jobDecodeFailed, sessionVersionConflict, stepTimedOut, shutdownInProgress
+            case invalidConfiguration, unexpectedReply
+        }
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+
+        /// A session id that does not match `[A-Za-z0-9_-]{1,64}`.
+        public static let invalidSessionID = Code(.invalidSessionID)
+        /// Text that is not valid UTF-8 JSON.
+        public static let invalidJSON = Code(.invalidJSON)
+        /// A step input over the configured size limit.
+        public static let inputTooLarge = Code(.inputTooLarge)
+        /// An agent name no worker knows.
+        public static let unknownAgent = Code(.unknownAgent)
+        /// A submit names another agent than the session was created with.
+        public static let agentMismatch = Code(.agentMismatch)
+        /// A submit by someone other than the session's owner.
+        public static let notOwner = Code(.notOwner)
+        /// No session with that id.
+        public static let sessionNotFound = Code(.sessionNotFound)
+        /// A job or session document could not be decoded.
+        public static let jobDecodeFailed = Code(.jobDecodeFailed)
+        /// A commit lost its hold on the session (fenced).
+        public static let sessionVersionConflict = Code(.sessionVersionConflict)
+        /// A step ran past its time limit.
+        public static let stepTimedOut = Code(.stepTimedOut)
+        /// The worker is shutting down.
+        public static let shutdownInProgress = Code(.shutdownInProgress)
+        /// A configuration value is out of range.
+        public static let invalidConfiguration = Code(.invalidConfiguration)
+        /// Redis answered something the engine did not expect.
+        public static let unexpectedReply = Code(.unexpectedReply)
+
+        public var description: String { base.rawValue }
+    }
+
+    /// What went wrong.
+    public var code: Code
+    /// A sentence saying what is wrong and, where possible, how to fix it.
+    public var message: String
+
+    /// Creates an error.
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}

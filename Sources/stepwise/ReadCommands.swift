@@ -1,0 +1,142 @@
+import ArgumentParser
+import Foundation
+import StepwiseCore
+import StepwiseRedis
+
+struct WatchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "watch",
+        abstract: "Print a session's events live; exit when it is settled with nothing queued, or on Ctrl-C.")
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Argument(help: "The session id.")
+    var session: String
+
+    @Option(help: "Resume after this event id (as printed with --json); default: from the start of the stream.")
+    var from: String = "0"
+
+    @Flag(help: "One JSON object per event per line.")
+    var json = false
+
+    func validate() throws {
+        _ = try parseSessionID(session, flag: "SESSION")
+        let parts = from.split(separator: "-", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count), parts.allSatisfy({ !$0.isEmpty && UInt64($0) != nil }) else {
+            throw ValidationError("--from '\(from)' is not an event id: use the 'id' of an event, like 1764079000123-0")
+        }
+    }
+
+    func run() async throws {
+        // Ctrl-C ends a watch normally (exit 0); nothing is left half-written.
+        signal(SIGINT) { _ in _exit(0) }
+        let logger = connection.makeLogger()
+        let conn = try await connection.connect(name: "stepwise:watch", logger: logger)
+        let id = try parseSessionID(session, flag: "SESSION")
+        try await reportingFailures {
+            try await follow(store: SessionStore(connection: conn, keys: connection.keys), session: id, from: from, json: json)
+        }
+    }
+}
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show one session: status, version, steps and state.")
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Argument(help: "The session id.")
+    var session: String
+
+    @Flag(help: "Print one JSON object.")
+    var json = false
+
+    func validate() throws { _ = try parseSessionID(session, flag: "SESSION") }
+
+    func run() async throws {
+        let logger = connection.makeLogger()
+        let conn = try await connection.connect(name: "stepwise:status", logger: logger)
+        let id = try parseSessionID(session, flag: "SESSION")
+        let snapshot = try await reportingFailures { try await SessionStore(connection: conn, keys: connection.keys).session(id) }
+        guard let s = snapshot else {
+            printError("session \(id) does not exist (or expired): check the id and --namespace")
+            throw ExitCode.failure
+        }
+        if json {
+            output(s.json.jsonString)
+            return
+        }
+        output("session   \(s.id)")
+        output("agent     \(s.agent)")
+        if !s.owner.isEmpty { output("owner     \(s.owner)") }
+        output("status    \(s.status.rawValue)")
+        output("version   \(s.version)")
+        output("steps     \(s.steps)")
+        output("queued    \(s.queued)")
+        output("created   \(formatTime(s.createdAt))")
+        output("active    \(formatTime(s.lastActiveAt))")
+        output("options   \(s.options.jsonString)")
+        output("state     \(s.state.jsonString)")
+    }
+}
+
+struct SessionsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "sessions", abstract: "List the most recently active sessions.")
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Option(help: "How many sessions to list (1-10000).")
+    var limit: Int = 20
+
+    @Flag(help: "One JSON object per line.")
+    var json = false
+
+    func validate() throws {
+        guard (1...10_000).contains(limit) else { throw ValidationError("--limit must be 1-10000, got \(limit)") }
+    }
+
+    func run() async throws {
+        let logger = connection.makeLogger()
+        let conn = try await connection.connect(name: "stepwise:sessions", logger: logger)
+        let rows = try await reportingFailures {
+            try await SessionStore(connection: conn, keys: connection.keys).recentSessions(limit: limit)
+        }
+        if !json { output("SESSION".padding(toLength: 40, withPad: " ", startingAt: 0) + "STATUS    STEPS  LAST ACTIVE") }
+        for r in rows {
+            if json {
+                output(JSONValue.object(["session": .string(r.id), "status": .string(r.status), "steps": .number(Double(r.steps)), "lastActive": .number(Double(r.lastActiveAt))]).jsonString)
+            } else {
+                output(r.id.padding(toLength: 40, withPad: " ", startingAt: 0) + r.status.padding(toLength: 10, withPad: " ", startingAt: 0)
+                    + String(r.steps).padding(toLength: 7, withPad: " ", startingAt: 0) + formatTime(r.lastActiveAt))
+            }
+        }
+    }
+}
+
+struct QueueCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "queue", abstract: "Show the ready depth and what each worker holds in flight.")
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Flag(help: "Print one JSON object.")
+    var json = false
+
+    func run() async throws {
+        let logger = connection.makeLogger()
+        let conn = try await connection.connect(name: "stepwise:queue", logger: logger)
+        let info = try await reportingFailures { try await SessionStore(connection: conn, keys: connection.keys).queueInfo() }
+        if json {
+            let workers: [JSONValue] = info.workers.map {
+                ["worker": .string($0.id), "inflight": .number(Double($0.inflight)), "alive": .bool($0.alive), "lastHeartbeat": .number(Double($0.lastHeartbeatAt))]
+            }
+            let stats = JSONValue.object(info.stats.mapValues { .number(Double($0)) })
+            output(JSONValue.object(["ready": .number(Double(info.ready)), "workers": .array(workers), "stats": stats]).jsonString)
+            return
+        }
+        output("ready      \(info.ready)")
+        output("workers    \(info.workers.count)")
+        for w in info.workers {
+            output("  \(w.id.padding(toLength: 40, withPad: " ", startingAt: 0)) inflight \(w.inflight)  \(w.alive ? "alive" : "DEAD (reaper will recover its jobs)")")
+        }
+        for (k, v) in info.stats.sorted(by: { $0.key < $1.key }) { output("\(k.padding(toLength: 10, withPad: " ", startingAt: 0)) \(v)") }
+    }
+}

@@ -1,0 +1,147 @@
+import ArgumentParser
+import Foundation
+import StepwiseAgents
+import StepwiseCore
+import StepwiseRedis
+
+struct SubmitCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "submit",
+        abstract: "Submit one step to a session (creating it when new) and return at once with the job id.")
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Option(help: "Session id, 1-64 characters from A-Z a-z 0-9 _ - (default: a new random id).")
+    var session: String?
+
+    @Option(help: "Agent name; required for a new session (built in: echo, counter, sleep, quiz).")
+    var agent: String?
+
+    @Option(help: "The step's input as JSON, e.g. '{\"topic\":\"Swift\"}' or '\"hello\"'.")
+    var input: String = "null"
+
+    @Option(name: .customLong("option"), help: "A session setting key=value (value parsed as JSON when it is JSON). Repeatable.")
+    var options: [String] = []
+
+    @Option(help: "Owner recorded on a new session; submits by another owner are refused.")
+    var owner: String?
+
+    @Option(help: "Makes re-submits with the same key return the first job id and enqueue nothing.")
+    var idempotencyKey: String?
+
+    @Option(help: "Largest accepted input in bytes.")
+    var maxInputBytes: Int = 256 * 1024
+
+    @Option(help: "Seconds of inactivity after which a new session's keys expire (0 keeps it forever).")
+    var ttl: Double = 1800
+
+    @Flag(help: "Follow the session's events until this step finishes.")
+    var wait = false
+
+    @Flag(help: "Print JSON (one object per line with --wait).")
+    var json = false
+
+    func validate() throws {
+        if let session { _ = try parseSessionID(session, flag: "--session") }
+        if let agent, AgentRegistry.builtIn[agent] == nil {
+            throw ValidationError("--agent '\(agent)' is unknown: use one of \(AgentRegistry.builtIn.names.joined(separator: ", "))")
+        }
+        guard maxInputBytes > 0 else { throw ValidationError("--max-input-bytes must be positive") }
+        _ = try seconds(ttl, flag: "--ttl")
+        _ = try parsedInput()
+        _ = try parsedOptions()
+        if let idempotencyKey, idempotencyKey.isEmpty || idempotencyKey.utf8.count > 200 {
+            throw ValidationError("--idempotency-key must be 1-200 bytes")
+        }
+    }
+
+    func parsedInput() throws -> JSONValue {
+        do { return try JSONValue(parsing: input, what: "--input") } catch let e as StepwiseError {
+            throw ValidationError("\(e.message) (quote strings: --input '\"text\"')")
+        }
+    }
+
+    func parsedOptions() throws -> JSONValue? {
+        guard !options.isEmpty else { return nil }
+        var o: [String: JSONValue] = [:]
+        for pair in options {
+            guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
+                throw ValidationError("--option '\(pair)' must look like key=value, e.g. --option model=small")
+            }
+            let value = String(pair[pair.index(after: eq)...])
+            o[String(pair[..<eq])] = (try? JSONValue(parsing: value)) ?? .string(value)
+        }
+        return .object(o)
+    }
+
+    func run() async throws {
+        let logger = connection.makeLogger()
+        let conn = try await connection.connect(name: "stepwise:submit", logger: logger)
+        let ttlDuration = try seconds(ttl, flag: "--ttl")
+        let dispatcher = Dispatcher(
+            connection: conn, keys: connection.keys, agents: .builtIn,
+            configuration: .init(maxInputBytes: maxInputBytes, sessionTTL: ttlDuration == .zero ? nil : ttlDuration))
+        let sessionID = try session.map { try parseSessionID($0, flag: "--session") }
+            ?? SessionID(String(UUID().uuidString.prefix(13)).lowercased())
+        let receipt = try await reportingFailures {
+            try await dispatcher.submit(
+                Submission(
+                    session: sessionID, agent: agent, owner: owner, input: try parsedInput(), options: try parsedOptions(),
+                    idempotencyKey: idempotencyKey))
+        }
+        if json {
+            output(JSONValue.object(["job": .string(receipt.jobID), "session": .string(sessionID.rawValue), "enqueued": .bool(receipt.enqueued)]).jsonString)
+        } else {
+            output("\(receipt.enqueued ? "accepted" : "duplicate of") job \(receipt.jobID) (session \(sessionID))")
+        }
+        guard wait else { return }
+        let store = SessionStore(connection: conn, keys: connection.keys)
+        var failed = false
+        try await reportingFailures {
+            try await follow(store: store, session: sessionID, from: "0", json: json) { event in
+                guard event.jobID == receipt.jobID, event.isStepEnd else { return false }
+                failed = event.type == "step.failed"
+                return true
+            }
+        }
+        if failed { throw ExitCode.failure }
+    }
+}
+
+/// Prints a session's events from `from` until `stop` says so, or (when `stop` never does)
+/// until the session is settled with nothing queued.
+func follow(
+    store: SessionStore, session: SessionID, from: String, json: Bool,
+    stop: (StepEvent) -> Bool = { _ in false }
+) async throws {
+    var last = from
+    while true {
+        let events = try await store.events(of: session, after: last, count: 200, block: .seconds(1))
+        for event in events {
+            last = event.id
+            output(json ? event.json.jsonString : describe(event))
+            if stop(event) { return }
+        }
+        if events.isEmpty {
+            guard let snapshot = try await store.session(session) else {
+                throw StepwiseError(.sessionNotFound, "session \(session) does not exist (or expired)")
+            }
+            if snapshot.status.isSettled && snapshot.queued == 0 {
+                // Drain anything written between the read and the status check, then stop.
+                let tail = try await store.events(of: session, after: last, count: 1000)
+                for event in tail { output(json ? event.json.jsonString : describe(event)) }
+                return
+            }
+        }
+    }
+}
+
+func describe(_ e: StepEvent) -> String {
+    var line = "\(formatTime(e.time))  \(e.type.padding(toLength: 15, withPad: " ", startingAt: 0)) step \(e.step)"
+    if e.attempt > 1 { line += " (attempt \(e.attempt))" }
+    if let m = e.fields["message"] { line += "  \(m)" }
+    if let o = e.fields["outcome"] { line += "  outcome=\(o)" }
+    if let d = e.fields["data"], !d.isEmpty, d != "null", e.type != "step.progress" { line += "  \(d.count > 200 ? String(d.prefix(200)) + "…" : d)" }
+    if let r = e.fields["reason"] { line += "  reason=\(r)" }
+    return line
+}

@@ -1,0 +1,72 @@
+import ArgumentParser
+import Logging
+import ServiceLifecycle
+import StepwiseAgents
+import StepwiseCore
+import StepwiseRedis
+import UnixSignals
+
+struct WorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Run a worker process: take step jobs, run agents, commit state and events.",
+        discussion: """
+            SIGTERM or SIGINT starts a graceful shutdown: no new jobs are taken, running steps get \
+            --grace seconds to finish, unfinished ones go back to the front of their session.
+            """)
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Option(help: "Steps run at once in this process (1-1000).")
+    var concurrency: Int = 8
+
+    @Option(help: "Worker id, unique in the pool (default: host-pid-random).")
+    var workerID: String?
+
+    @Option(help: "Seconds a worker may be silent before it is presumed dead and its jobs recovered.")
+    var heartbeatTTL: Double = 10
+
+    @Option(help: "Seconds between looks for dead workers.")
+    var reaperInterval: Double = 5
+
+    @Option(help: "Seconds running steps may take to finish after SIGTERM.")
+    var grace: Double = 25
+
+    @Option(help: "Approximate maximum number of events kept per session stream.")
+    var eventsMaxLength: Int = 1000
+
+    func validate() throws {
+        guard (1...1000).contains(concurrency) else { throw ValidationError("--concurrency must be 1-1000, got \(concurrency)") }
+        _ = try seconds(heartbeatTTL, flag: "--heartbeat-ttl", min: 1)
+        _ = try seconds(reaperInterval, flag: "--reaper-interval", min: 0.1)
+        _ = try seconds(grace, flag: "--grace")
+        guard eventsMaxLength >= 10 else { throw ValidationError("--events-max-length must be at least 10") }
+        if let workerID {
+            var c = Worker.Configuration(workerID: workerID)
+            c.concurrency = concurrency
+            do { try c.validate() } catch { throw ValidationError("--worker-id: \(error.message)") }
+        }
+    }
+
+    func run() async throws {
+        var logLevelDefault = connection
+        if logLevelDefault.logLevel == "warning" { logLevelDefault.logLevel = "info" }
+        let logger = logLevelDefault.makeLogger(label: "stepwise.worker")
+        let config = Worker.Configuration(
+            workerID: workerID ?? Worker.defaultID(), concurrency: concurrency,
+            heartbeatTTL: try seconds(heartbeatTTL, flag: "--heartbeat-ttl", min: 1),
+            reaperInterval: try seconds(reaperInterval, flag: "--reaper-interval", min: 0.1),
+            grace: try seconds(grace, flag: "--grace"), eventsMaxLength: eventsMaxLength)
+        // Fail fast, with one clear line, when Redis is unreachable.
+        let probe = try await connection.connect(name: "stepwise:probe", logger: logger)
+        await probe.close()
+        let worker = Worker(
+            configuration: config, redis: connection.redisConfiguration(name: "stepwise"), keys: connection.keys,
+            agents: .builtIn, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: worker)], gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [],
+                logger: logger))
+        try await reportingFailures { try await group.run() }
+    }
+}
