@@ -51,7 +51,11 @@ let package = Package(
         ),
         .target(
             name: "StepwiseTesting",
-            dependencies: ["StepwiseRedis", "StepwiseCore"],
+            dependencies: [
+                "StepwiseRedis", "StepwiseCore", "StepwiseAgents",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(

@@ -1,0 +1,35 @@
+# Stepwise: `make run` runs the demo, `make test` runs every test against a throwaway redis-server.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+.PHONY: deps build release run test bench lint redis-up redis-down clean
+
+deps:
+	@scripts/ensure-deps.sh
+
+build: deps
+	swift build
+
+release: deps
+	swift build -c release
+
+run: release
+	scripts/run-demo.sh
+
+test: deps
+	scripts/test.sh
+
+bench: release
+	scripts/bench.sh
+
+lint:
+	swift format lint --strict -r Sources Tests
+
+redis-up: deps
+	@scripts/redis-local.sh start .run/redis $${PORT:-6379}
+
+redis-down:
+	@scripts/redis-local.sh stop .run/redis
+
+clean:
+	rm -rf .build .run

@@ -1,0 +1,118 @@
+import Logging
+import Testing
+
+@testable import StepwiseAgents
+@testable import StepwiseCore
+
+@Suite struct SessionIDTests {
+    @Test(arguments: ["a", "user-42_quiz", String(repeating: "x", count: 64), "ABC-def_019"])
+    func acceptsValidIDs(_ id: String) throws {
+        #expect(try SessionID(id).rawValue == id)
+    }
+
+    @Test(arguments: [
+        "", "a{b}c", "*", "x\r\nFLUSHALL", "a:b", "a b", "ünï", String(repeating: "x", count: 65),
+        String(repeating: "y", count: 1_000_000), "a\0b", "sess/1",
+    ])
+    func rejectsInvalidIDs(_ id: String) {
+        #expect(throws: StepwiseError.self) { try SessionID(id) }
+        #expect(!SessionID.isValid(id))
+    }
+
+    @Test func errorMessageSaysTheRuleAndHidesControlCharacters() {
+        do {
+            _ = try SessionID("x\r\nFLUSHALL")
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.code == .invalidSessionID)
+            #expect(error.message.contains("A-Z a-z 0-9 _ -"))
+            #expect(!error.message.contains("\r"))
+        }
+    }
+
+    @Test func keysShareOneHashTag() throws {
+        let keys = try KeySpace(namespace: "sw")
+        let id = try SessionID("abc")
+        for key in [keys.session(id), keys.inbox(id), keys.jobs(id), keys.idempotency(id), keys.events(id)] {
+            #expect(key.hasPrefix("sw:s:{abc}"))
+        }
+        #expect(throws: StepwiseError.self) { try KeySpace(namespace: "a b") }
+        #expect(throws: StepwiseError.self) { try KeySpace(namespace: "") }
+    }
+}
+
+@Suite struct JSONTests {
+    @Test func roundTripsAndSortsKeys() throws {
+        let v = try JSONValue(parsing: #"{"b":[1,2.5,"x",null,true],"a":{}}"#)
+        #expect(v.jsonString == #"{"a":{},"b":[1,2.5,"x",null,true]}"#)
+    }
+
+    @Test(arguments: ["{bad", "", "[1,", "{\"a\":}"])
+    func rejectsMalformedJSON(_ text: String) {
+        #expect(throws: StepwiseError.self) { try JSONValue(parsing: text) }
+    }
+
+    @Test func rejectsInvalidUTF8() {
+        #expect(throws: StepwiseError.self) { try JSONValue(parsing: [0x22, 0xFF, 0xFE, 0x22]) }
+    }
+}
+
+@Suite struct AgentTests {
+    func context(step: Int, options: JSONValue = [:]) throws -> StepContext {
+        StepContext(
+            sessionID: try SessionID("s"), jobID: "s:\(step)", step: step, attempt: 1, options: options,
+            logger: Logger(label: "test"), emitter: { _, _ in })
+    }
+
+    @Test func counterAppendsInOrder() async throws {
+        let agent = CounterAgent()
+        var state = agent.initialState(options: [:])
+        for i in 1...5 {
+            let r = try await agent.step(state: state, input: .number(Double(i)), context: try context(step: i))
+            state = r.state
+            #expect(r.outcome == .waitForInput)
+        }
+        #expect(state["count"]?.intValue == 5)
+        #expect(state["inputs"] == [1, 2, 3, 4, 5])
+    }
+
+    @Test func quizPlansWritesQuestionsAndSummarises() async throws {
+        let agent = QuizAgent()
+        var state = agent.initialState(options: [:])
+        var input: JSONValue = ["topic": "Swift", "questions": 2]
+        var steps = 0
+        var final: JSONValue?
+        while steps < 10 {
+            steps += 1
+            let r = try await agent.step(state: state, input: input, context: try context(step: steps))
+            state = r.state
+            if case .next(let n) = r.outcome {
+                input = n
+            } else if case .done(let result) = r.outcome {
+                final = result
+                break
+            } else {
+                Issue.record("unexpected outcome \(r.outcome)")
+                break
+            }
+        }
+        #expect(steps == 4, "plan + 2 questions + summary")
+        #expect(state["questions"]?.arrayValue?.count == 2)
+        #expect(final?["questions"]?.intValue == 2)
+    }
+
+    @Test func quizRejectsBadInputAsFailure() async throws {
+        let r = try await QuizAgent().step(state: [:], input: ["topic": "x", "questions": 99], context: try context(step: 1))
+        guard case .fail(let reason) = r.outcome else {
+            Issue.record("expected fail")
+            return
+        }
+        #expect(reason.contains("1-20"))
+    }
+
+    @Test func workerConfigurationIsValidated() {
+        #expect(throws: StepwiseError.self) { try Worker.Configuration(workerID: "a/b").validate() }
+        #expect(throws: StepwiseError.self) { try Worker.Configuration(concurrency: 0).validate() }
+        #expect(throws: Never.self) { try Worker.Configuration(workerID: "w-1").validate() }
+    }
+}

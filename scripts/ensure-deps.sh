@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what Stepwise needs from Debian when it is missing: hiredis headers, redis-server,
+# redis-tools (redis-cli, redis-benchmark) and pkg-config. Idempotent; needs root to install.
+set -euo pipefail
+missing=()
+pkg-config --exists hiredis 2>/dev/null || missing+=(libhiredis-dev)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
+command -v redis-benchmark >/dev/null || missing+=(redis-tools)
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+if [ "$(id -u)" != 0 ]; then
+  echo "error: missing packages: ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "installing ${missing[*]} with apt-get" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts a system redis-server on 6379 after install; Stepwise's scripts start their own.

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# make test: builds, starts a throwaway redis-server on a free loopback port, runs every test
+# suite against it, and always stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=$(mktemp -d /tmp/stepwise-test-redis.XXXXXX)
+cleanup() { scripts/redis-local.sh stop "$dir"; rm -rf "$dir"; }
+trap cleanup EXIT
+swift build --build-tests
+port=$(scripts/redis-local.sh start "$dir")
+echo "test redis-server on 127.0.0.1:$port (pid $(cat "$dir/redis.pid"))"
+export STEPWISE_TEST_REDIS_URL="redis://127.0.0.1:$port"
+export STEPWISE_BIN="$(swift build --show-bin-path)/stepwise"
+swift test --skip-build "$@"
