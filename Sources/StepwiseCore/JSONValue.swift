@@ -52,10 +52,7 @@ public enum JSONValue: Sendable, Hashable, Codable, CustomStringConvertible {
             throw StepwiseError(.invalidJSON, "\(what) is not valid UTF-8")
         }
         do {
-            self = try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
-        } catch let DecodingError.dataCorrupted(context) {
-            let detail = (context.underlyingError as NSError?)?.userInfo[NSDebugDescriptionErrorKey] as? String
-            throw StepwiseError(.invalidJSON, "\(what) is not valid JSON: \(detail ?? context.debugDescription)")
+            self = try JSONText.parse(bytes)
         } catch {
             throw StepwiseError(.invalidJSON, "\(what) is not valid JSON: \(error)")
         }
@@ -63,11 +60,10 @@ public enum JSONValue: Sendable, Hashable, Codable, CustomStringConvertible {
 
     /// Compact JSON text with sorted keys.
     public var jsonString: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        // Encoding a JSONValue cannot fail: every case maps to a JSON value.
-        guard let data = try? encoder.encode(self) else { return "null" }
-        return String(decoding: data, as: UTF8.self)
+        var out: [UInt8] = []
+        out.reserveCapacity(64)
+        JSONText.write(self, into: &out)
+        return String(decoding: out, as: UTF8.self)
     }
 
     public var description: String { jsonString }

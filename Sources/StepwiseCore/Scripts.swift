@@ -76,13 +76,13 @@ enum Scripts {
               if owner ~= '' and cur[2] ~= '' and cur[2] ~= owner then
                 return redis.error_reply('STEPWISE not_owner session ' .. sid .. ' belongs to another owner')
               end
-              if options ~= '' then redis.call('HSET', KEYS[1], 'options', options) end
               ttl = cur[3]
             end
             if idem ~= '' then
               local existing = redis.call('HGET', KEYS[4], idem)
               if existing then return {existing, 0} end
             end
+            if options ~= '' then redis.call('HSET', KEYS[1], 'options', options) end
             local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
             local jid = sid .. ':' .. seq
             redis.call('HSET', KEYS[3], seq, input, seq .. ':t', now)

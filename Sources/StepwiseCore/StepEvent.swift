@@ -16,7 +16,7 @@ public struct StepEvent: Sendable, Hashable {
     public var fields: [String: String]
 
     /// Decodes a stream entry `[id, [field, value, ...]]`.
-    init?(entry: RESPValue) {
+    public init?(entry: RESPValue) {
         guard let parts = entry.array, parts.count == 2, let id = parts[0].string, let kv = parts[1].array else {
             return nil
         }

@@ -32,7 +32,7 @@ public final class Worker: Service, Sendable {
         public var eventsMaxLength: Int
 
         public init(
-            workerID: String = Worker.defaultID(), concurrency: Int = 8, blockTimeout: Duration = .seconds(1),
+            workerID: String = defaultWorkerID(), concurrency: Int = 8, blockTimeout: Duration = .seconds(1),
             heartbeatTTL: Duration = .seconds(10), reaperInterval: Duration = .seconds(5),
             grace: Duration = .seconds(25), eventsMaxLength: Int = 1000
         ) {
@@ -69,12 +69,7 @@ public final class Worker: Service, Sendable {
     }
 
     /// `hostname-pid-xxxx`, unique enough for a pool.
-    public static func defaultID() -> String {
-        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
-        let safeHost = String(host.unicodeScalars.filter { CharacterSet.alphanumerics.contains($0) || $0 == "-" })
-        let suffix = String(UInt16.random(in: .min ... .max), radix: 16)
-        return "\(safeHost.isEmpty ? "host" : safeHost)-\(ProcessInfo.processInfo.processIdentifier)-\(suffix)"
-    }
+    public static func defaultID() -> String { defaultWorkerID() }
 
     public let configuration: Configuration
     public let redis: RedisConnection.Configuration
@@ -107,6 +102,7 @@ public final class Worker: Service, Sendable {
 
     private var stopping: Bool { state.withLock { $0.stopping } }
 
+    @inline(never)
     private func connection(_ role: String) -> RedisConnection {
         var config = redis
         config.clientName = "stepwise:\(configuration.workerID):\(role)"
@@ -126,9 +122,8 @@ public final class Worker: Service, Sendable {
         try await beat(control)
         logger.info("worker started", metadata: [LogKeys.count: .stringConvertible(configuration.concurrency)])
 
-        enum Finished { case slot, deadline, maintenance }
         await withGracefulShutdownHandler {
-            await withTaskGroup(of: Finished.self) { group in
+            await withTaskGroup(of: WorkerTaskKind.self) { group in
                 group.addTask {
                     await self.maintenance(control)
                     return .maintenance
@@ -456,3 +451,14 @@ enum Claim: Sendable {
                 step: Int(s[7]) ?? 0, attempt: Int(s[8]) ?? 0, input: s[9], holder: s[10], submittedAt: Int64(s[11])))
     }
 }
+
+/// `hostname-pid-xxxx`, unique enough for a pool.
+public func defaultWorkerID() -> String {
+    let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
+    let safeHost = String(host.unicodeScalars.filter { CharacterSet.alphanumerics.contains($0) || $0 == "-" })
+    let suffix = String(UInt16.random(in: .min ... .max), radix: 16)
+    return "\(safeHost.isEmpty ? "host" : safeHost)-\(ProcessInfo.processInfo.processIdentifier)-\(suffix)"
+}
+
+/// Which child of a worker's task group finished.
+private enum WorkerTaskKind: Sendable { case slot, deadline, maintenance }

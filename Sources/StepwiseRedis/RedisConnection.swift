@@ -51,7 +51,11 @@ public actor RedisConnection {
     public nonisolated let configuration: Configuration
     private let executor: ThreadExecutor
     private let logger: Logger
-    private var context: UnsafeMutablePointer<redisContext>?
+    private let handle = ContextHandle()
+    private var context: UnsafeMutablePointer<redisContext>? {
+        get { handle.pointer }
+        set { handle.pointer = newValue }
+    }
     private var consecutiveFailures = 0
     private var nextAttempt: ContinuousClock.Instant?
     private var scriptSHAs: [String: String] = [:]
@@ -69,8 +73,10 @@ public actor RedisConnection {
         self.executor = ThreadExecutor(name: "redis-\(configuration.clientName ?? "conn")")
     }
 
-    isolated deinit {
-        if let context { redisFree(context) }
+    deinit {
+        // `handle` frees the context when it is released with the actor; nothing else can
+        // reference the context by then. (An `isolated deinit` would say this more directly but
+        // crashes the 6.3 optimizer with "circular reference".)
         executor.shutdown()
     }
 
@@ -138,16 +144,18 @@ public actor RedisConnection {
     {
         try await ensureConnected()
         var sha = try loadedSHA(script)
-        func commands() -> [[RedisArgument]] {
-            calls.map { ["EVALSHA", RedisArgument(sha), RedisArgument($0.keys.count)] + $0.keys + $0.arguments }
+        func command(_ call: (keys: [RedisArgument], arguments: [RedisArgument])) -> [RedisArgument] {
+            ["EVALSHA", RedisArgument(sha), RedisArgument(call.keys.count)] + call.keys + call.arguments
         }
-        var replies = try pipelineNow(commands())
-        if replies.contains(where: { if case .error(let m) = $0 { m.hasPrefix("NOSCRIPT") } else { false } }) {
-            // Only possible when the server lost its script cache between load and run; every
-            // call failed before doing anything, so running them all again is safe.
+        var replies = try pipelineNow(calls.map(command))
+        let missing = replies.indices.filter { if case .error(let m) = replies[$0] { m.hasPrefix("NOSCRIPT") } else { false } }
+        if !missing.isEmpty {
+            // The server lost its script cache mid-batch: only the calls that answered NOSCRIPT
+            // did nothing, so only those run again.
             scriptSHAs[script.name] = nil
             sha = try loadedSHA(script)
-            replies = try pipelineNow(commands())
+            let retried = try pipelineNow(missing.map { command(calls[$0]) })
+            for (i, reply) in zip(missing, retried) { replies[i] = reply }
         }
         return replies
     }
@@ -354,6 +362,17 @@ extension Duration {
     package var milliseconds: Int64 {
         let (s, atto) = components
         return s * 1000 + atto / 1_000_000_000_000_000
+    }
+}
+
+/// Owns a hiredis context pointer and frees it on release.
+///
+/// Only its ``RedisConnection`` actor touches it, on the actor's thread; its deinit runs when the
+/// actor is destroyed, after which no thread can reach it.
+private final class ContextHandle {
+    var pointer: UnsafeMutablePointer<redisContext>?
+    deinit {
+        if let pointer { redisFree(pointer) }
     }
 }
 

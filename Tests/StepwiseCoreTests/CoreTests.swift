@@ -52,6 +52,24 @@ import Testing
         #expect(throws: StepwiseError.self) { try JSONValue(parsing: text) }
     }
 
+    @Test func handlesEscapesAndUnicode() throws {
+        let v = try JSONValue(parsing: #"["a\"b\\c\n\u00e9\ud83d\ude00\/", -1.5e3, 0, true, false, null]"#)
+        #expect(v == ["a\"b\\c\né😀/", -1500, 0, true, false, .null])
+        let back = try JSONValue(parsing: v.jsonString)
+        #expect(back == v)
+        #expect(JSONValue.string("\u{01}\t").jsonString == #""\u0001\t""#)
+    }
+
+    @Test(arguments: ["01", "1.", "-", "tru", "\"\\x\"", "\"\\ud800\"", "[1 2]", "{\"a\" 1}", "1 2", "\"a\nb\""])
+    func rejectsInvalidSyntax(_ text: String) {
+        #expect(throws: StepwiseError.self) { try JSONValue(parsing: text) }
+    }
+
+    @Test func rejectsDeepNestingInsteadOfCrashing() {
+        let deep = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
+        #expect(throws: StepwiseError.self) { try JSONValue(parsing: deep) }
+    }
+
     @Test func rejectsInvalidUTF8() {
         #expect(throws: StepwiseError.self) { try JSONValue(parsing: [0x22, 0xFF, 0xFE, 0x22]) }
     }
