@@ -33,7 +33,7 @@ public final class Worker: Service, Sendable {
 
         public init(
             workerID: String = defaultWorkerID(), concurrency: Int = 8, blockTimeout: Duration = .seconds(1),
-            heartbeatTTL: Duration = .seconds(10), reaperInterval: Duration = .seconds(5),
+            heartbeatTTL: Duration = .seconds(10), reaperInterval: Duration = .seconds(4),
             grace: Duration = .seconds(25), eventsMaxLength: Int = 1000
         ) {
             self.workerID = workerID
@@ -338,19 +338,24 @@ public final class Worker: Service, Sendable {
 
     private func maintenance(_ conn: RedisConnection) async {
         let beatEvery = configuration.heartbeatTTL / 3
+        let tick = min(Duration.milliseconds(500), beatEvery, configuration.reaperInterval)
+        var lastBeat = ContinuousClock.now
         var lastReap = ContinuousClock.now
         while !Task.isCancelled {
+            do { try await Task.sleep(for: tick) } catch { return }
             do {
-                try await beat(conn)
+                if ContinuousClock.now - lastBeat >= beatEvery {
+                    lastBeat = .now
+                    try await beat(conn)
+                }
                 if ContinuousClock.now - lastReap >= configuration.reaperInterval {
                     lastReap = .now
                     try await reapDeadWorkers(conn)
                     try await scanOrphans(conn)
                 }
             } catch {
-                logger.warning("heartbeat failed, retrying", metadata: [LogKeys.error: "\(error)"])
+                logger.warning("heartbeat or reaper failed, retrying", metadata: [LogKeys.error: "\(error)"])
             }
-            do { try await Task.sleep(for: min(beatEvery, configuration.reaperInterval)) } catch { return }
         }
     }
 

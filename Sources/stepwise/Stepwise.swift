@@ -29,13 +29,13 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "Key namespace: every key starts with '<namespace>:' (env STEPWISE_NAMESPACE).")
     var namespace: String = ProcessInfo.processInfo.environment["STEPWISE_NAMESPACE"] ?? "sw"
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "warning"
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default: info for worker, warning otherwise).")
+    var logLevel: String?
 
     func validate() throws {
         do { _ = try RedisEndpoint(parsing: redisURL) } catch { throw ValidationError("--redis: \(error)") }
         do { _ = try KeySpace(namespace: namespace) } catch { throw ValidationError("--namespace: \(error)") }
-        guard Logger.Level(rawValue: logLevel) != nil else {
+        if let logLevel, Logger.Level(rawValue: logLevel) == nil {
             throw ValidationError("--log-level '\(logLevel)' is unknown: use trace, debug, info, notice, warning, error or critical")
         }
     }
@@ -48,8 +48,8 @@ struct ConnectionOptions: ParsableArguments {
     }
 
     /// Bootstraps logging once per process, to stderr.
-    func makeLogger(label: String = "stepwise") -> Logger {
-        let level = Logger.Level(rawValue: logLevel) ?? .warning
+    func makeLogger(label: String = "stepwise", defaultLevel: Logger.Level = .warning) -> Logger {
+        let level = logLevel.flatMap(Logger.Level.init(rawValue:)) ?? defaultLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level

@@ -27,7 +27,7 @@ struct WorkerCommand: AsyncParsableCommand {
     var heartbeatTTL: Double = 10
 
     @Option(help: "Seconds between looks for dead workers.")
-    var reaperInterval: Double = 5
+    var reaperInterval: Double = 4
 
     @Option(help: "Seconds running steps may take to finish after SIGTERM.")
     var grace: Double = 25
@@ -49,9 +49,7 @@ struct WorkerCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var logLevelDefault = connection
-        if logLevelDefault.logLevel == "warning" { logLevelDefault.logLevel = "info" }
-        let logger = logLevelDefault.makeLogger(label: "stepwise.worker")
+        let logger = connection.makeLogger(label: "stepwise.worker", defaultLevel: .info)
         let config = Worker.Configuration(
             workerID: workerID ?? Worker.defaultID(), concurrency: concurrency,
             heartbeatTTL: try seconds(heartbeatTTL, flag: "--heartbeat-ttl", min: 1),
