@@ -202,13 +202,7 @@ public final class Worker: Service, Sendable {
 
     /// Claims the next job: non-blocking first, then one `BLMOVE` with a bounded timeout.
     private func fetch(_ conn: RedisConnection) async throws -> Claim? {
-        let reply = try await conn.evalScript(
-            Scripts.claim, keys: [RedisArgument(keys.ready), RedisArgument(inflightKey)],
-            arguments: [
-                RedisArgument(keys.prefix), RedisArgument(configuration.workerID), RedisArgument(Dispatcher.nowMillis()),
-                "", RedisArgument(configuration.eventsMaxLength),
-            ])
-        try reply.throwingServerError()
+        let reply = try await claim(jobID: "", on: conn)
         if !reply.isNull { return Claim(reply) }
         // `BLMOVE ready inflight LEFT RIGHT timeout`: blocks server-side up to `blockTimeout`;
         // the socket timeout is raised by the same amount for this call.
@@ -221,14 +215,19 @@ public final class Worker: Service, Sendable {
         guard let jid = popped.string, !popped.isNull else { return nil }
         state.withLock { _ = $0.active.insert(jid) }
         defer { state.withLock { _ = $0.active.remove(jid) } }
-        let claimed = try await conn.evalScript(
+        return Claim(try await claim(jobID: jid, on: conn))
+    }
+
+    /// Runs the claim script for `jobID` (already in our in-flight list), or for the next ready
+    /// job when `jobID` is empty.
+    private func claim(jobID: String, on conn: RedisConnection) async throws -> RESPValue {
+        try await conn.evalScript(
             Scripts.claim, keys: [RedisArgument(keys.ready), RedisArgument(inflightKey)],
             arguments: [
                 RedisArgument(keys.prefix), RedisArgument(configuration.workerID), RedisArgument(Dispatcher.nowMillis()),
-                RedisArgument(jid), RedisArgument(configuration.eventsMaxLength),
-            ])
-        try claimed.throwingServerError()
-        return Claim(claimed)
+                RedisArgument(jobID), RedisArgument(configuration.eventsMaxLength),
+            ]
+        ).throwingServerError()
     }
 
     /// Runs one claimed step and commits it; returns the next claim when the commit brought one.
@@ -403,8 +402,8 @@ public final class Worker: Service, Sendable {
             return Array(confirmed)
         }
         for jid in orphans {
-            // The session's holder token is unknown here; the reap logic's checks apply, so use
-            // the release path through the holder recorded on the session.
+            // No slot holds this job, so the session's current holder token (if any) is stale from
+            // this process's point of view: release through it, with the release script's checks.
             guard let sid = jid.split(separator: ":").first, let id = try? SessionID(String(sid)) else {
                 _ = try await conn.send(["LREM", RedisArgument(inflightKey), 1, RedisArgument(jid)])
                 continue

@@ -136,28 +136,34 @@ public actor RedisConnection {
         return reply
     }
 
-    /// Runs several invocations of one script in one round trip.
+    /// Runs several invocations of one script in one round trip, in order, as one transaction.
+    ///
+    /// The calls are wrapped in `MULTI`/`EXEC`, so no other client (a `SCRIPT FLUSH`, say) can
+    /// run between them: either every call finds the script, or none does and the whole batch is
+    /// loaded and sent again. Retrying only the failed calls would reorder them after later ones.
     ///
     /// - Returns: one reply per invocation, in order.
     public func evalScriptPipelined(_ script: RedisScript, calls: [(keys: [RedisArgument], arguments: [RedisArgument])])
         async throws -> [RESPValue]
     {
         try await ensureConnected()
-        var sha = try loadedSHA(script)
-        func command(_ call: (keys: [RedisArgument], arguments: [RedisArgument])) -> [RedisArgument] {
-            ["EVALSHA", RedisArgument(sha), RedisArgument(call.keys.count)] + call.keys + call.arguments
-        }
-        var replies = try pipelineNow(calls.map(command))
-        let missing = replies.indices.filter { if case .error(let m) = replies[$0] { m.hasPrefix("NOSCRIPT") } else { false } }
-        if !missing.isEmpty {
-            // The server lost its script cache mid-batch: only the calls that answered NOSCRIPT
-            // did nothing, so only those run again.
+        for _ in 0..<2 {
+            let sha = try loadedSHA(script)
+            let commands: [[RedisArgument]] =
+                [["MULTI"]]
+                + calls.map { ["EVALSHA", RedisArgument(sha), RedisArgument($0.keys.count)] + $0.keys + $0.arguments }
+                + [["EXEC"]]
+            let replies = try pipelineNow(commands)
+            guard let exec = replies.last else { break }
+            if case .error = exec { return Array(repeating: exec, count: calls.count) }
+            guard let results = exec.array, results.count == calls.count else {
+                throw RedisServerError("ERR unexpected EXEC reply \(exec)")
+            }
+            let noScript = results.contains { if case .error(let m) = $0 { m.hasPrefix("NOSCRIPT") } else { false } }
+            if !noScript { return results }
             scriptSHAs[script.name] = nil
-            sha = try loadedSHA(script)
-            let retried = try pipelineNow(missing.map { command(calls[$0]) })
-            for (i, reply) in zip(missing, retried) { replies[i] = reply }
         }
-        return replies
+        throw RedisServerError("NOSCRIPT script \(script.name) vanished twice while a batch ran")
     }
 
     // MARK: - Internals (all synchronous on the connection thread)
