@@ -1,9 +1,10 @@
+import Foundation
 import StepwiseCore
 
 extension AgentRegistry {
-    /// The built-in agents: `echo`, `counter`, `sleep` and `quiz`.
+    /// The built-in agents: `echo`, `counter`, `sleep`, `quiz` and `fault`.
     public static var builtIn: AgentRegistry {
-        AgentRegistry([EchoAgent(), CounterAgent(), SleepAgent(), QuizAgent()])
+        AgentRegistry([EchoAgent(), CounterAgent(), SleepAgent(), QuizAgent(), FaultAgent()])
     }
 }
 
@@ -28,6 +29,46 @@ public struct CounterAgent: Agent {
         let inputs = state["inputs"]?.arrayValue ?? []
         if let ms = context.options["ms"]?.intValue, ms > 0 { try await Task.sleep(for: .milliseconds(ms)) }
         return StepResult(state: ["count": .number(Double(count + 1)), "inputs": .array(inputs + [input])], outcome: .waitForInput)
+    }
+}
+
+/// A `counter` that misbehaves on demand, for fault drills and the fault test suite.
+///
+/// Each input is recorded like `counter` does (state `{"count": N, "inputs": [...]}`), unless the
+/// input's `fault` field asks for trouble first:
+/// - `"throw"`: throws on every attempt (retried, then dead-lettered);
+/// - `"throw-once"`: throws on attempt 1 only;
+/// - `"crash"`: kills its own worker process with SIGKILL on every delivery (a poison step);
+/// - `"crash-once"`: kills the worker on attempt 1 only;
+/// - `"hang"`: sleeps `ms` (default 60 000) milliseconds, cancellably, then records the input;
+/// - `"garbage"`: returns a state document of 2 MiB (over the worker's state size limit).
+public struct FaultAgent: Agent {
+    public let name = "fault"
+    public init() {}
+    public func initialState(options: JSONValue) -> JSONValue { ["count": 0, "inputs": []] }
+
+    /// The error `"throw"` and `"throw-once"` raise.
+    public struct InjectedFault: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public func step(state: JSONValue, input: JSONValue, context: StepContext) async throws -> StepResult {
+        switch input["fault"]?.stringValue {
+        case "throw":
+            throw InjectedFault(description: "injected fault (attempt \(context.attempt))")
+        case "throw-once" where context.attempt == 1:
+            throw InjectedFault(description: "injected fault on the first attempt")
+        case "crash", "crash-once" where context.attempt == 1:
+            kill(getpid(), SIGKILL)
+            try await Task.sleep(for: .seconds(60))
+        case "hang":
+            try await Task.sleep(for: .milliseconds(input["ms"]?.intValue ?? 60_000))
+        case "garbage":
+            return StepResult(state: .string(String(repeating: "x", count: 2 << 20)), outcome: .waitForInput)
+        default:
+            break
+        }
+        return try await CounterAgent().step(state: state, input: input, context: context)
     }
 }
 
