@@ -58,7 +58,10 @@ public struct FaultAgent: Agent {
             throw InjectedFault(description: "injected fault (attempt \(context.attempt))")
         case "throw-once" where context.attempt == 1:
             throw InjectedFault(description: "injected fault on the first attempt")
-        case "crash", "crash-once" where context.attempt == 1:
+        case "crash":
+            kill(getpid(), SIGKILL)
+            try await Task.sleep(for: .seconds(60))
+        case "crash-once" where context.attempt == 1:
             kill(getpid(), SIGKILL)
             try await Task.sleep(for: .seconds(60))
         case "hang":
