@@ -13,6 +13,10 @@ public protocol Agent: Sendable {
     /// The state document of a new session. The default is an empty object.
     func initialState(options: JSONValue) -> JSONValue
 
+    /// How many times a step of this agent may be delivered before it is dead-lettered;
+    /// `nil` (the default) uses the worker's `--max-attempts`. A submit can override both.
+    var maxAttempts: Int? { get }
+
     /// Runs one step.
     ///
     /// - Parameters:
@@ -20,12 +24,15 @@ public protocol Agent: Sendable {
     ///   - input: this step's input.
     ///   - context: progress reporting, cancellation, identity of the step.
     /// - Returns: the new state and what happens next.
-    /// - Throws: any error fails the step; the worker commits a `step.failed` event.
+    /// - Throws: any error fails this attempt: the worker retries the step with exponential
+    ///   backoff and jitter, and dead-letters it after the last attempt. To fail the session
+    ///   without retries, return ``StepOutcome/fail(_:)`` instead.
     func step(state: JSONValue, input: JSONValue, context: StepContext) async throws -> StepResult
 }
 
 extension Agent {
     public func initialState(options: JSONValue) -> JSONValue { .object([:]) }
+    public var maxAttempts: Int? { nil }
 }
 
 /// What a step returns: the session's new state and what happens next.
@@ -59,7 +66,7 @@ public struct StepContext: Sendable {
     public var jobID: String
     /// The step's ordinal among the session's applied steps (1-based).
     public var step: Int
-    /// 1 on first delivery, higher when the step runs again after a crash.
+    /// 1 on first delivery, higher when the step runs again after an error or a crash.
     public var attempt: Int
     /// The session's free-form settings (model, temperature, ...).
     public var options: JSONValue

@@ -14,10 +14,16 @@ public struct Submission: Sendable, Hashable {
     public var options: JSONValue?
     /// A key that makes re-submits return the first job id and enqueue nothing.
     public var idempotencyKey: String?
+    /// The session's idle TTL, replacing the stored one (or the dispatcher's default for a new
+    /// session); `.zero` keeps the session until it is deleted.
+    public var ttl: Duration?
+    /// How many times this step may be delivered before it is dead-lettered, overriding the
+    /// agent's and the worker's setting.
+    public var maxAttempts: Int?
 
     public init(
         session: SessionID, agent: String? = nil, owner: String? = nil, input: JSONValue = .null,
-        options: JSONValue? = nil, idempotencyKey: String? = nil
+        options: JSONValue? = nil, idempotencyKey: String? = nil, ttl: Duration? = nil, maxAttempts: Int? = nil
     ) {
         self.session = session
         self.agent = agent
@@ -25,6 +31,8 @@ public struct Submission: Sendable, Hashable {
         self.input = input
         self.options = options
         self.idempotencyKey = idempotencyKey
+        self.ttl = ttl
+        self.maxAttempts = maxAttempts
     }
 }
 
@@ -34,12 +42,16 @@ public struct Dispatcher: Sendable {
     public struct Configuration: Sendable {
         /// Largest accepted input, in bytes of its JSON text.
         public var maxInputBytes: Int
-        /// Idle time after which all of a session's keys expire; `nil` keeps sessions forever.
+        /// Idle time after which all of a new session's keys expire; `nil` keeps sessions forever.
         public var sessionTTL: Duration?
+        /// Approximate cap (`MAXLEN ~`) of each session's event stream, for the events the
+        /// dispatcher writes (`session.created`, `session.cancelled`).
+        public var eventsMaxLength: Int
 
-        public init(maxInputBytes: Int = 256 * 1024, sessionTTL: Duration? = .seconds(30 * 60)) {
+        public init(maxInputBytes: Int = 256 * 1024, sessionTTL: Duration? = .seconds(30 * 60), eventsMaxLength: Int = 1000) {
             self.maxInputBytes = maxInputBytes
             self.sessionTTL = sessionTTL
+            self.eventsMaxLength = eventsMaxLength
         }
     }
 
@@ -104,21 +116,71 @@ public struct Dispatcher: Sendable {
         if let key = s.idempotencyKey, key.isEmpty || key.utf8.count > 200 {
             throw StepwiseError(.invalidConfiguration, "idempotency key must be 1-200 bytes")
         }
+        if let n = s.maxAttempts, !(1...1000).contains(n) {
+            throw StepwiseError(.invalidConfiguration, "max attempts \(n) is out of range: use 1-1000")
+        }
+        let ttl = try s.ttl.map { try Self.ttlMilliseconds($0) }
         let id = s.session
-        let ttl = configuration.sessionTTL.map { $0.milliseconds } ?? 0
+        let defaultTTL = configuration.sessionTTL.map { $0.milliseconds } ?? 0
         return (
             keys: [
                 RedisArgument(keys.session(id)), RedisArgument(keys.inbox(id)), RedisArgument(keys.jobs(id)),
-                RedisArgument(keys.idempotency(id)), RedisArgument(keys.ready), RedisArgument(keys.sessions),
-                RedisArgument(keys.events(id)),
+                RedisArgument(keys.idempotency(id)), RedisArgument(keys.ready), RedisArgument(keys.events(id)),
             ],
             arguments: [
-                RedisArgument(id.rawValue), RedisArgument(s.agent ?? ""), RedisArgument(s.owner ?? ""),
-                RedisArgument(s.options?.jsonString ?? ""), RedisArgument(input),
-                RedisArgument(s.idempotencyKey ?? ""), RedisArgument(now), RedisArgument(ttl),
-                RedisArgument(initialState.jsonString),
+                RedisArgument(keys.prefix), RedisArgument(id.rawValue), RedisArgument(s.agent ?? ""),
+                RedisArgument(s.owner ?? ""), RedisArgument(s.options?.jsonString ?? ""), RedisArgument(input),
+                RedisArgument(s.idempotencyKey ?? ""), RedisArgument(now), RedisArgument(ttl.map(String.init) ?? ""),
+                RedisArgument(initialState.jsonString), RedisArgument(s.maxAttempts.map(String.init) ?? ""),
+                RedisArgument(defaultTTL), RedisArgument(configuration.eventsMaxLength),
             ]
         )
+    }
+
+    /// A TTL in whole milliseconds: zero (no expiry) or 1 s to 30 days.
+    static func ttlMilliseconds(_ ttl: Duration) throws(StepwiseError) -> Int64 {
+        let ms = ttl.milliseconds
+        guard ms == 0 || (1000...30 * 86_400_000).contains(ms) else {
+            throw StepwiseError(.invalidConfiguration, "session TTL must be 0 (never expire) or 1 s to 30 days")
+        }
+        return ms
+    }
+
+    /// Cancels a session: queued steps are dropped, a running step is cancelled within a second
+    /// by the worker that runs it, and later submits to the session are rejected. One round trip.
+    ///
+    /// - Returns: how many queued steps were dropped and the job that was running (if any), or
+    ///   `nil` when the session was already cancelled.
+    /// - Throws: ``StepwiseError`` with ``StepwiseError/Code/sessionNotFound`` when there is no such session.
+    public func cancel(_ id: SessionID, reason: String) async throws -> (dropped: Int, running: String?)? {
+        let reply = try await connection.evalScript(
+            Scripts.cancel, keys: [],
+            arguments: [
+                RedisArgument(keys.prefix), RedisArgument(id.rawValue), RedisArgument(reason),
+                RedisArgument(Self.nowMillis()), RedisArgument(configuration.eventsMaxLength),
+            ])
+        if case .error(let message) = reply { throw Self.mapError(message) }
+        guard let p = reply.array, p.count == 3, let done = p[0].int else {
+            throw StepwiseError(.unexpectedReply, "cancel script returned \(reply)")
+        }
+        guard done == 1 else { return nil }
+        let running = p[2].string ?? ""
+        return (p[1].int ?? 0, running.isEmpty ? nil : running)
+    }
+
+    /// Refreshes a session's idle expiry now (a UI heartbeat), optionally with a new TTL.
+    ///
+    /// - Returns: when the session's keys now expire (ms since 1970), or `nil` when it never expires.
+    public func touch(_ id: SessionID, ttl: Duration? = nil) async throws -> Int64? {
+        let ms = try ttl.map { try Self.ttlMilliseconds($0) }
+        let reply = try await connection.evalScript(
+            Scripts.touch, keys: [],
+            arguments: [
+                RedisArgument(keys.prefix), RedisArgument(id.rawValue), RedisArgument(Self.nowMillis()),
+                RedisArgument(ms.map(String.init) ?? ""),
+            ])
+        if case .error(let message) = reply { throw Self.mapError(message) }
+        return reply.string.flatMap { Int64($0) }
     }
 
     static func mapError(_ message: String) -> any Error {
@@ -130,6 +192,8 @@ public struct Dispatcher: Sendable {
         case "session_not_found": return StepwiseError(.sessionNotFound, text)
         case "agent_mismatch": return StepwiseError(.agentMismatch, text)
         case "not_owner": return StepwiseError(.notOwner, text)
+        case "cancelled": return StepwiseError(.sessionCancelled, text)
+        case "not_dead": return StepwiseError(.notDeadLetter, text)
         default: return StepwiseError(.unexpectedReply, String(rest))
         }
     }

@@ -36,8 +36,20 @@ public struct KeySpace: Sendable, Hashable {
     public var workers: String { prefix + "workers" }
     /// ZSET of session ids, scored by last activity (ms).
     public var sessions: String { prefix + "sessions" }
-    /// HASH of pool-wide counters (`committed`, `stale_commits`, `reaped`, ...).
+    /// HASH of pool-wide counters (`committed`, `stale_commits`, `reaped`, `dead`, ...).
     public var stats: String { prefix + "stats" }
+    /// ZSET of job ids waiting to be retried, scored by when they are due (ms).
+    public var delayed: String { prefix + "delayed" }
+    /// ZSET of session ids blocked by a dead-lettered job, scored by when it died (ms).
+    public var dead: String { prefix + "dead" }
+    /// SET of session ids running a step, kept only when the pool has an active-session limit.
+    public var active: String { prefix + "active" }
+    /// LIST of job ids waiting for an active-session slot, oldest first.
+    public var parked: String { prefix + "parked" }
+    /// ZSET of session ids with an idle TTL, scored by when their keys expire (ms): the sweep's index.
+    public var expiry: String { prefix + "expiry" }
+    /// ZSET of cancelled session ids, scored by a cancel sequence number that workers follow.
+    public var cancels: String { prefix + "cancels" }
     /// LIST of the job ids a worker process holds (the reliable-queue in-flight list).
     public func inflight(worker: String) -> String { prefix + "inflight:" + worker }
     /// STRING with a TTL that a live worker keeps refreshing.

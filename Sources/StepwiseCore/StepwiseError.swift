@@ -5,7 +5,7 @@ public struct StepwiseError: Error, Sendable, CustomStringConvertible {
         private enum Base: String, Sendable, Hashable {
             case invalidSessionID, invalidJSON, inputTooLarge, unknownAgent, agentMismatch, notOwner
             case sessionNotFound, jobDecodeFailed, sessionVersionConflict, stepTimedOut, shutdownInProgress
-            case invalidConfiguration, unexpectedReply
+            case invalidConfiguration, unexpectedReply, sessionCancelled, notDeadLetter, unsafeRedisConfiguration
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -34,6 +34,12 @@ public struct StepwiseError: Error, Sendable, CustomStringConvertible {
         public static let shutdownInProgress = Code(.shutdownInProgress)
         /// A configuration value is out of range.
         public static let invalidConfiguration = Code(.invalidConfiguration)
+        /// A submit to a session that was cancelled.
+        public static let sessionCancelled = Code(.sessionCancelled)
+        /// A dead-letter action on a job that is not a dead letter.
+        public static let notDeadLetter = Code(.notDeadLetter)
+        /// Redis is configured in a way that can lose jobs (eviction on, or no append-only file).
+        public static let unsafeRedisConfiguration = Code(.unsafeRedisConfiguration)
         /// Redis answered something the engine did not expect.
         public static let unexpectedReply = Code(.unexpectedReply)
 

@@ -30,11 +30,27 @@ public final class Worker: Service, Sendable {
         public var grace: Duration
         /// Approximate cap (`MAXLEN ~`) of each session's event stream.
         public var eventsMaxLength: Int
+        /// Deliveries of a step before it is dead-lettered, unless its agent or its submit says otherwise.
+        public var maxAttempts: Int
+        /// Delay before the first retry; each further retry doubles it (with jitter).
+        public var retryDelay: Duration
+        /// Upper bound of a retry delay.
+        public var maxRetryDelay: Duration
+        /// Pool-wide limit on sessions running a step at once; 0 for none. Give every worker of
+        /// the pool the same value.
+        public var maxActiveSessions: Int
+        /// Largest state document (or next input) an agent may return, in bytes of JSON.
+        public var maxStateBytes: Int
+        /// Refuse to start when Redis can lose jobs (`maxmemory-policy` other than `noeviction`,
+        /// or the append-only file off); without it, a warning is logged.
+        public var strict: Bool
 
         public init(
             workerID: String = defaultWorkerID(), concurrency: Int = 8, blockTimeout: Duration = .seconds(1),
             heartbeatTTL: Duration = .seconds(10), reaperInterval: Duration = .seconds(4),
-            grace: Duration = .seconds(25), eventsMaxLength: Int = 1000
+            grace: Duration = .seconds(25), eventsMaxLength: Int = 1000, maxAttempts: Int = 3,
+            retryDelay: Duration = .seconds(1), maxRetryDelay: Duration = .seconds(60), maxActiveSessions: Int = 0,
+            maxStateBytes: Int = 4 << 20, strict: Bool = false
         ) {
             self.workerID = workerID
             self.concurrency = concurrency
@@ -43,6 +59,12 @@ public final class Worker: Service, Sendable {
             self.reaperInterval = reaperInterval
             self.grace = grace
             self.eventsMaxLength = eventsMaxLength
+            self.maxAttempts = maxAttempts
+            self.retryDelay = retryDelay
+            self.maxRetryDelay = maxRetryDelay
+            self.maxActiveSessions = maxActiveSessions
+            self.maxStateBytes = maxStateBytes
+            self.strict = strict
         }
 
         /// Checks every value.
@@ -65,6 +87,20 @@ public final class Worker: Service, Sendable {
             guard reaperInterval >= .milliseconds(100) else { throw bad("reaper interval must be at least 100 ms") }
             guard grace >= .zero else { throw bad("grace must not be negative") }
             guard eventsMaxLength >= 10 else { throw bad("events max length must be at least 10") }
+            guard (1...1000).contains(maxAttempts) else { throw bad("max attempts \(maxAttempts) is out of range: use 1-1000") }
+            guard retryDelay >= .milliseconds(10), maxRetryDelay >= retryDelay, maxRetryDelay <= .seconds(86_400) else {
+                throw bad("retry delay must be at least 10 ms, and max retry delay between it and 1 day")
+            }
+            guard maxActiveSessions >= 0 else { throw bad("max active sessions must be 0 (no limit) or more") }
+            guard maxStateBytes >= 1024 else { throw bad("max state bytes must be at least 1024") }
+        }
+
+        /// The delay before retrying after failed attempt `attempt` (1-based): exponential, capped,
+        /// with "equal jitter" (half fixed, half random) so retries of many jobs spread out.
+        public func retryDelay(afterAttempt attempt: Int) -> Duration {
+            let base = Double(retryDelay.milliseconds) * pow(2, Double(max(0, min(attempt - 1, 30))))
+            let capped = min(base, Double(maxRetryDelay.milliseconds))
+            return .milliseconds(Int64(capped / 2 + Double.random(in: 0...(capped / 2))))
         }
     }
 
@@ -84,6 +120,10 @@ public final class Worker: Service, Sendable {
         var active: Set<String> = []
         /// In-flight entries seen without an owner slot at the last scan.
         var suspects: Set<String> = []
+        /// The running agent step of each session this process works on, to cancel it.
+        var running: [String: Task<StepResult, any Error>] = [:]
+        /// Sessions whose running step was cancelled because the session was cancelled.
+        var cancelled: Set<String> = []
     }
 
     /// Creates a worker; nothing connects until ``run()``.
@@ -119,6 +159,7 @@ public final class Worker: Service, Sendable {
         try configuration.validate()
         let control = connection("control")
         try await control.connect()
+        try await checkRedisConfiguration(control)
         try await beat(control)
         logger.info("worker started", metadata: [LogKeys.count: .stringConvertible(configuration.concurrency)])
 
@@ -126,6 +167,10 @@ public final class Worker: Service, Sendable {
             await withTaskGroup(of: WorkerTaskKind.self) { group in
                 group.addTask {
                     await self.maintenance(control)
+                    return .maintenance
+                }
+                group.addTask {
+                    await self.promoter(control)
                     return .maintenance
                 }
                 for i in 0..<configuration.concurrency {
@@ -226,8 +271,20 @@ public final class Worker: Service, Sendable {
             arguments: [
                 RedisArgument(keys.prefix), RedisArgument(configuration.workerID), RedisArgument(Dispatcher.nowMillis()),
                 RedisArgument(jobID), RedisArgument(configuration.eventsMaxLength),
+                RedisArgument(configuration.maxActiveSessions),
             ]
         ).throwingServerError()
+    }
+
+    /// What a worker commits for a step.
+    struct Outcome {
+        /// `continue`, `wait`, `done`, `fail`, `retry` or `dead`.
+        var kind: String
+        var state: String
+        /// The next input, result, failure reason, or error text.
+        var payload: String
+        var retryDelay: Duration = .zero
+        var deadReason: String = ""
     }
 
     /// Runs one claimed step and commits it; returns the next claim when the commit brought one.
@@ -241,29 +298,94 @@ public final class Worker: Service, Sendable {
         log[metadataKey: LogKeys.step] = .stringConvertible(job.step)
         log[metadataKey: LogKeys.attempt] = .stringConvertible(job.attempt)
 
-        let outcome: (kind: String, state: String, payload: String)
-        do {
-            let result = try await runStep(job, logger: log, conn: conn)
-            switch result.outcome {
-            case .next(let input): outcome = ("continue", result.state.jsonString, input.jsonString)
-            case .waitForInput: outcome = ("wait", result.state.jsonString, "")
-            case .done(let value): outcome = ("done", result.state.jsonString, value.jsonString)
-            case .fail(let reason): outcome = ("fail", result.state.jsonString, JSONValue.string(reason).jsonString)
-            }
-        } catch is CancellationError {
-            try? await release(claim, on: conn, reason: "cancelled")
-            throw CancellationError()
-        } catch {
-            log.info("step failed", metadata: [LogKeys.error: "\(error)"])
-            // The state is left as it was; the failure is committed so the session moves on.
-            outcome = ("fail", job.state, JSONValue.string("\(error)").jsonString)
+        let agent = agents[job.agent]
+        let maxAttempts = job.maxAttempts ?? agent?.maxAttempts ?? configuration.maxAttempts
+        let outcome: Outcome
+        if job.attempt > maxAttempts {
+            // Delivered more often than allowed without ever finishing: the step kills or hangs
+            // its worker. Never run it again.
+            outcome = Outcome(
+                kind: "dead", state: job.state,
+                payload: "delivered \(job.attempt) times; the worker died or was stopped during each of the last \(job.attempt - 1)",
+                deadReason: "poison")
+        } else {
+            outcome = try await run(job, agent: agent, maxAttempts: maxAttempts, claim: claim, conn: conn, logger: log)
         }
         return try await commit(job, outcome: outcome, on: conn, logger: log)
     }
 
-    private func runStep(_ job: Claim.Job, logger: Logger, conn: RedisConnection) async throws -> StepResult {
-        guard let agent = agents[job.agent] else {
-            throw StepwiseError(.unknownAgent, "this worker has no agent '\(job.agent)'")
+    /// Runs the agent's step as a child task that a session cancel can stop, and maps what it
+    /// did to an outcome.
+    private func run(
+        _ job: Claim.Job, agent: (any Agent)?, maxAttempts: Int, claim: Claim, conn: RedisConnection, logger: Logger
+    ) async throws -> Outcome {
+        let prepared: (any Agent, JSONValue, JSONValue, StepContext)
+        do {
+            prepared = try prepare(job, agent: agent, logger: logger, conn: conn)
+        } catch {
+            logger.warning("step cannot run, dead-lettered", metadata: [LogKeys.error: "\(error)"])
+            return Outcome(kind: "dead", state: job.state, payload: "\(error)", deadReason: "invalid job")
+        }
+        let (agent, stateDoc, input, context) = prepared
+        let task = Task { try await agent.step(state: stateDoc, input: input, context: context) }
+        state.withLock { $0.running[job.sessionID] = task }
+        defer { state.withLock { $0.running[job.sessionID] = nil } }
+        let result = await withTaskCancellationHandler { await task.result } onCancel: { task.cancel() }
+        let sessionCancelled = state.withLock { $0.cancelled.remove(job.sessionID) != nil }
+        switch result {
+        case .success(let r):
+            return validated(r, job: job, logger: logger)
+        case .failure(let error) where error is CancellationError && !sessionCancelled:
+            // Shutdown: give the step back unfinished; the next delivery does not count it.
+            try? await release(claim, on: conn, reason: "cancelled")
+            throw CancellationError()
+        case .failure(let error):
+            if sessionCancelled {
+                logger.info("running step cancelled with its session")
+                return Outcome(kind: "fail", state: job.state, payload: JSONValue.string("cancelled").jsonString)
+            }
+            if job.attempt >= maxAttempts {
+                logger.warning("step failed on its last attempt, dead-lettered", metadata: [LogKeys.error: "\(error)"])
+                return Outcome(kind: "dead", state: job.state, payload: "\(error)", deadReason: "attempts exhausted")
+            }
+            let delay = configuration.retryDelay(afterAttempt: job.attempt)
+            logger.info(
+                "step failed, will retry", metadata: [LogKeys.error: "\(error)", "stepwise.retry_ms": .stringConvertible(delay.milliseconds)])
+            return Outcome(kind: "retry", state: job.state, payload: "\(error)", retryDelay: delay)
+        }
+    }
+
+    /// Checks what an agent returned; an oversized document is a bug in the agent, not a
+    /// transient failure, so it is dead-lettered at once.
+    private func validated(_ result: StepResult, job: Claim.Job, logger: Logger) -> Outcome {
+        let state = result.state.jsonString
+        var outcome: Outcome
+        switch result.outcome {
+        case .next(let input): outcome = Outcome(kind: "continue", state: state, payload: input.jsonString)
+        case .waitForInput: outcome = Outcome(kind: "wait", state: state, payload: "")
+        case .done(let value): outcome = Outcome(kind: "done", state: state, payload: value.jsonString)
+        case .fail(let reason): outcome = Outcome(kind: "fail", state: state, payload: JSONValue.string(reason).jsonString)
+        }
+        let limit = configuration.maxStateBytes
+        if state.utf8.count > limit || outcome.payload.utf8.count > limit {
+            let what = state.utf8.count > limit ? "a state document" : "a payload"
+            let size = max(state.utf8.count, outcome.payload.utf8.count)
+            logger.warning("agent returned an oversized document, dead-lettered")
+            outcome = Outcome(
+                kind: "dead", state: job.state,
+                payload: "agent '\(job.agent)' returned \(what) of \(size) bytes, over the limit of \(limit) bytes (--max-state-bytes)",
+                deadReason: "invalid result")
+        }
+        return outcome
+    }
+
+    /// Decodes what a step needs; throws for a job that can never run (unknown agent, corrupt
+    /// state document).
+    private func prepare(_ job: Claim.Job, agent: (any Agent)?, logger: Logger, conn: RedisConnection) throws -> (
+        any Agent, JSONValue, JSONValue, StepContext
+    ) {
+        guard let agent else {
+            throw StepwiseError(.unknownAgent, "this worker has no agent '\(job.agent)': known agents are \(agents.names.joined(separator: ", "))")
         }
         let sessionID = try SessionID(job.sessionID)
         let state = try JSONValue(parsing: job.state, what: "session state")
@@ -284,13 +406,10 @@ public final class Worker: Service, Sendable {
                 ])
                 try reply.throwingServerError()
             })
-        return try await agent.step(state: state, input: input, context: context)
+        return (agent, state, input, context)
     }
 
-    private func commit(
-        _ job: Claim.Job, outcome: (kind: String, state: String, payload: String), on conn: RedisConnection,
-        logger: Logger
-    ) async throws -> Claim? {
+    private func commit(_ job: Claim.Job, outcome: Outcome, on conn: RedisConnection, logger: Logger) async throws -> Claim? {
         let fetchNext = !stopping && !Task.isCancelled
         let reply = try await conn.evalScript(
             Scripts.commit, keys: [RedisArgument(keys.ready), RedisArgument(inflightKey)],
@@ -298,14 +417,17 @@ public final class Worker: Service, Sendable {
                 RedisArgument(keys.prefix), RedisArgument(configuration.workerID), RedisArgument(Dispatcher.nowMillis()),
                 RedisArgument(configuration.eventsMaxLength), RedisArgument(job.jobID), RedisArgument(job.holder),
                 RedisArgument(outcome.kind), RedisArgument(outcome.state), RedisArgument(outcome.payload),
-                fetchNext ? "1" : "0",
+                fetchNext ? "1" : "0", RedisArgument(configuration.maxActiveSessions),
+                RedisArgument(outcome.retryDelay.milliseconds), RedisArgument(outcome.deadReason),
             ])
         try reply.throwingServerError()
         guard let parts = reply.array, let status = parts.first?.string else {
             throw StepwiseError(.unexpectedReply, "commit script returned \(reply)")
         }
-        if status == "stale" {
-            logger.warning("commit rejected: this worker no longer holds the session")
+        switch status {
+        case "stale": logger.warning("commit rejected: this worker no longer holds the session")
+        case "dead": logger.warning("step dead-lettered", metadata: ["stepwise.reason": .string(outcome.deadReason)])
+        default: break
         }
         if parts.count > 3 { return Claim(parts[3]) }
         return nil
@@ -318,7 +440,7 @@ public final class Worker: Service, Sendable {
             arguments: [
                 RedisArgument(keys.prefix), RedisArgument(job.jobID), RedisArgument(job.holder),
                 RedisArgument(Dispatcher.nowMillis()), RedisArgument(configuration.eventsMaxLength),
-                RedisArgument(reason),
+                RedisArgument(reason), RedisArgument(configuration.maxActiveSessions),
             ])
     }
 
@@ -340,6 +462,7 @@ public final class Worker: Service, Sendable {
         let tick = min(Duration.milliseconds(500), beatEvery, configuration.reaperInterval)
         var lastBeat = ContinuousClock.now
         var lastReap = ContinuousClock.now
+        var cancelSeq: Double?
         while !Task.isCancelled {
             do { try await Task.sleep(for: tick) } catch { return }
             do {
@@ -347,14 +470,107 @@ public final class Worker: Service, Sendable {
                     lastBeat = .now
                     try await beat(conn)
                 }
+                cancelSeq = try await watchCancels(conn, after: cancelSeq)
                 if ContinuousClock.now - lastReap >= configuration.reaperInterval {
                     lastReap = .now
                     try await reapDeadWorkers(conn)
                     try await scanOrphans(conn)
+                    try await sweep(conn)
                 }
             } catch {
                 logger.warning("heartbeat or reaper failed, retrying", metadata: [LogKeys.error: "\(error)"])
             }
+        }
+    }
+
+    /// Cancels the running step of every session cancelled since sequence number `after` (the
+    /// `cancels` set is ordered by a counter, so no clock matters). The first call only learns
+    /// where the sequence is.
+    private func watchCancels(_ conn: RedisConnection, after: Double?) async throws -> Double? {
+        guard let after else {
+            let last = try await conn.send(["ZRANGE", RedisArgument(keys.cancels), -1, -1, "WITHSCORES"]).throwingServerError()
+            return (last.array ?? []).last?.string.flatMap(Double.init) ?? 0
+        }
+        guard state.withLock({ !$0.running.isEmpty }) else { return after }
+        let reply = try await conn.send([
+            "ZRANGEBYSCORE", RedisArgument(keys.cancels), RedisArgument("(\(Int64(after)))"), "+inf", "WITHSCORES",
+        ]).throwingServerError()
+        let items = reply.array ?? []
+        var last = after
+        var i = 0
+        while i + 1 < items.count {
+            if let sid = items[i].string {
+                let task: Task<StepResult, any Error>? = state.withLock { s in
+                    guard let t = s.running[sid] else { return nil }
+                    s.cancelled.insert(sid)
+                    return t
+                }
+                if let task {
+                    task.cancel()
+                    logger.info("cancelling a running step: its session was cancelled", metadata: [LogKeys.sessionID: .string(sid)])
+                }
+            }
+            last = max(last, items[i + 1].string.flatMap(Double.init) ?? last)
+            i += 2
+        }
+        return last
+    }
+
+    /// Moves due retries to `ready`; sleeps until the next one is due (at most 1 s, plus a little
+    /// jitter so the workers of a pool do not all call at once).
+    private func promoter(_ conn: RedisConnection) async {
+        while !Task.isCancelled {
+            var wait = Duration.seconds(1)
+            do {
+                let now = Dispatcher.nowMillis()
+                let reply = try await conn.evalScript(
+                    Scripts.promote, keys: [RedisArgument(keys.delayed), RedisArgument(keys.ready)],
+                    arguments: [RedisArgument(keys.prefix), RedisArgument(now)]
+                ).throwingServerError()
+                if let next = reply.array?.last?.string.flatMap({ Double($0) }) {
+                    wait = .milliseconds(max(5, min(1000, Int64(next) - now)))
+                }
+            } catch {
+                logger.warning("promoting retries failed, retrying", metadata: [LogKeys.error: "\(error)"])
+            }
+            do { try await Task.sleep(for: wait + .milliseconds(Int64.random(in: 0...20))) } catch { return }
+        }
+    }
+
+    /// Index upkeep: drops index entries of expired sessions and frees stale active slots.
+    private func sweep(_ conn: RedisConnection) async throws {
+        let reply = try await conn.evalScript(
+            Scripts.sweep, keys: [],
+            arguments: [
+                RedisArgument(keys.prefix), RedisArgument(Dispatcher.nowMillis()), RedisArgument(configuration.maxActiveSessions),
+            ]
+        ).throwingServerError()
+        if let n = reply.int, n > 0 {
+            logger.debug("swept expired sessions from the indexes", metadata: [LogKeys.count: .stringConvertible(n)])
+        }
+    }
+
+    /// Warns (or, with ``Configuration/strict``, refuses to start) when Redis can lose jobs.
+    private func checkRedisConfiguration(_ conn: RedisConnection) async throws {
+        let info = try await conn.send(["INFO", "persistence"]).throwingServerError().string ?? ""
+        let memory = try await conn.send(["INFO", "memory"]).throwingServerError().string ?? ""
+        func field(_ text: String, _ name: String) -> String? {
+            text.split(whereSeparator: \.isNewline).first { $0.hasPrefix(name + ":") }.map { String($0.dropFirst(name.count + 1)) }
+        }
+        var problems: [String] = []
+        if let policy = field(memory, "maxmemory_policy"), policy != "noeviction" {
+            problems.append("maxmemory-policy is '\(policy)', so Redis may evict jobs and sessions: set it to noeviction")
+        }
+        if field(info, "aof_enabled") == "0" {
+            problems.append("the append-only file is off, so a Redis restart loses accepted steps: set appendonly yes")
+        }
+        for problem in problems {
+            logger.warning("unsafe redis configuration: \(problem)")
+        }
+        if configuration.strict, !problems.isEmpty {
+            throw StepwiseError(
+                .unsafeRedisConfiguration,
+                "refusing to start (--strict): " + problems.joined(separator: "; ") + " (see deploy/redis.conf)")
         }
     }
 
@@ -383,7 +599,7 @@ public final class Worker: Service, Sendable {
             ],
             arguments: [
                 RedisArgument(keys.prefix), RedisArgument(id), RedisArgument(Dispatcher.nowMillis()),
-                RedisArgument(configuration.eventsMaxLength),
+                RedisArgument(configuration.eventsMaxLength), RedisArgument(configuration.maxActiveSessions),
             ])
         try reply.throwingServerError()
         return reply.int ?? 0
@@ -414,6 +630,7 @@ public final class Worker: Service, Sendable {
                 arguments: [
                     RedisArgument(keys.prefix), RedisArgument(jid), RedisArgument(holder),
                     RedisArgument(Dispatcher.nowMillis()), RedisArgument(configuration.eventsMaxLength), "orphan",
+                    RedisArgument(configuration.maxActiveSessions),
                 ])
             logger.info("released an orphaned in-flight job", metadata: [LogKeys.jobID: .string(jid)])
         }
@@ -437,6 +654,8 @@ enum Claim: Sendable {
         var version, step, attempt: Int
         var input, holder: String
         var submittedAt: Int64?
+        /// The submit's override of the attempt limit.
+        var maxAttempts: Int?
     }
     case run(Job)
     case skip(String)
@@ -452,7 +671,8 @@ enum Claim: Sendable {
         self = .run(
             Job(
                 jobID: s[1], sessionID: s[2], agent: s[3], options: s[4], state: s[5], version: Int(s[6]) ?? 0,
-                step: Int(s[7]) ?? 0, attempt: Int(s[8]) ?? 0, input: s[9], holder: s[10], submittedAt: Int64(s[11])))
+                step: Int(s[7]) ?? 0, attempt: Int(s[8]) ?? 0, input: s[9], holder: s[10], submittedAt: Int64(s[11]),
+                maxAttempts: p.count > 12 ? Int(s[12]) : nil))
     }
 }
 

@@ -12,9 +12,21 @@ struct Stepwise: AsyncParsableCommand {
         abstract: "Run AI-agent sessions step by step on a pool of stateless workers, with all state in Redis.",
         subcommands: [
             WorkerCommand.self, SubmitCommand.self, WatchCommand.self, StatusCommand.self, SessionsCommand.self,
-            QueueCommand.self, LoadTestCommand.self,
+            QueueCommand.self, CancelCommand.self, TouchCommand.self, DeadCommand.self, LoadTestCommand.self,
         ]
     )
+
+    /// Rejects arguments that are not valid UTF-8 before parsing (Swift would silently repair
+    /// them), then runs the command.
+    static func main() async {
+        for i in 1..<Int(CommandLine.argc) {
+            guard let raw = CommandLine.unsafeArgv[i], String(validatingCString: raw) != nil else {
+                printError("argument \(i) is not valid UTF-8: pass text in UTF-8 (JSON escapes like \\u00e9 work in --input)")
+                Foundation.exit(ExitCode.validationFailure.rawValue)
+            }
+        }
+        await main(nil)
+    }
 }
 
 /// Connection and namespace options shared by every subcommand.

@@ -14,7 +14,7 @@ struct SubmitCommand: AsyncParsableCommand {
     @Option(help: "Session id, 1-64 characters from A-Z a-z 0-9 _ - (default: a new random id).")
     var session: String?
 
-    @Option(help: "Agent name; required for a new session (built in: echo, counter, sleep, quiz).")
+    @Option(help: "Agent name; required for a new session (built in: echo, counter, sleep, quiz, fault).")
     var agent: String?
 
     @Option(help: "The step's input as JSON, e.g. '{\"topic\":\"Swift\"}' or '\"hello\"'.")
@@ -32,8 +32,11 @@ struct SubmitCommand: AsyncParsableCommand {
     @Option(help: "Largest accepted input in bytes.")
     var maxInputBytes: Int = 256 * 1024
 
-    @Option(help: "Seconds of inactivity after which a new session's keys expire (0 keeps it forever).")
-    var ttl: Double = 1800
+    @Option(help: "Seconds of inactivity after which the session's keys expire, 0 for never (default for a new session: 1800); given for an existing session, it replaces the stored TTL.")
+    var ttl: Double?
+
+    @Option(help: "Deliveries of this step before it is dead-lettered (1-1000; default: the agent's or the worker's --max-attempts).")
+    var maxAttempts: Int?
 
     @Flag(help: "Follow the session's events until this step finishes.")
     var wait = false
@@ -47,12 +50,23 @@ struct SubmitCommand: AsyncParsableCommand {
             throw ValidationError("--agent '\(agent)' is unknown: use one of \(AgentRegistry.builtIn.names.joined(separator: ", "))")
         }
         guard maxInputBytes > 0 else { throw ValidationError("--max-input-bytes must be positive") }
-        _ = try seconds(ttl, flag: "--ttl")
+        if let ttl { _ = try ttlDuration(ttl) }
+        if let maxAttempts, !(1...1000).contains(maxAttempts) {
+            throw ValidationError("--max-attempts must be 1-1000, got \(maxAttempts)")
+        }
         _ = try parsedInput()
         _ = try parsedOptions()
         if let idempotencyKey, idempotencyKey.isEmpty || idempotencyKey.utf8.count > 200 {
             throw ValidationError("--idempotency-key must be 1-200 bytes")
         }
+    }
+
+    func ttlDuration(_ value: Double) throws -> Duration {
+        let d = try seconds(value, flag: "--ttl")
+        guard d == .zero || (d >= .seconds(1) && d <= .seconds(30 * 86_400)) else {
+            throw ValidationError("--ttl must be 0 (never expire) or 1 to 2592000 seconds, got \(value)")
+        }
+        return d
     }
 
     func parsedInput() throws -> JSONValue {
@@ -77,17 +91,15 @@ struct SubmitCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = connection.makeLogger()
         let conn = try await connection.connect(name: "stepwise:submit", logger: logger)
-        let ttlDuration = try seconds(ttl, flag: "--ttl")
         let dispatcher = Dispatcher(
-            connection: conn, keys: connection.keys, agents: .builtIn,
-            configuration: .init(maxInputBytes: maxInputBytes, sessionTTL: ttlDuration == .zero ? nil : ttlDuration))
+            connection: conn, keys: connection.keys, agents: .builtIn, configuration: .init(maxInputBytes: maxInputBytes))
         let sessionID = try session.map { try parseSessionID($0, flag: "--session") }
             ?? SessionID(String(UUID().uuidString.prefix(13)).lowercased())
         let receipt = try await reportingFailures {
             try await dispatcher.submit(
                 Submission(
                     session: sessionID, agent: agent, owner: owner, input: try parsedInput(), options: try parsedOptions(),
-                    idempotencyKey: idempotencyKey))
+                    idempotencyKey: idempotencyKey, ttl: try ttl.map(ttlDuration), maxAttempts: maxAttempts))
         }
         if json {
             output(JSONValue.object(["job": .string(receipt.jobID), "session": .string(sessionID.rawValue), "enqueued": .bool(receipt.enqueued)]).jsonString)
@@ -99,8 +111,12 @@ struct SubmitCommand: AsyncParsableCommand {
         var failed = false
         try await reportingFailures {
             try await follow(store: store, session: sessionID, from: "0", json: json) { event in
-                guard event.jobID == receipt.jobID, event.isStepEnd else { return false }
-                failed = event.type == "step.failed"
+                if event.type == "session.cancelled" {
+                    failed = true
+                    return true
+                }
+                guard event.jobID == receipt.jobID, event.isStepEnd || event.type == "step.dead" else { return false }
+                failed = event.type != "step.completed"
                 return true
             }
         }
@@ -126,7 +142,9 @@ func follow(
             guard let snapshot = try await store.session(session) else {
                 throw StepwiseError(.sessionNotFound, "session \(session) does not exist (or expired)")
             }
-            if snapshot.status.isSettled && snapshot.queued == 0 {
+            // A failed session with steps queued is blocked by a dead letter: nothing runs until
+            // someone retries or purges it, so a watch ends there too.
+            if snapshot.status.isSettled && (snapshot.queued == 0 || snapshot.status == .failed || snapshot.status == .cancelled) {
                 // Drain anything written between the read and the status check, then stop.
                 let tail = try await store.events(of: session, after: last, count: 1000)
                 for event in tail { output(json ? event.json.jsonString : describe(event)) }
@@ -143,5 +161,7 @@ func describe(_ e: StepEvent) -> String {
     if let o = e.fields["outcome"] { line += "  outcome=\(o)" }
     if let d = e.fields["data"], !d.isEmpty, d != "null", e.type != "step.progress" { line += "  \(d.count > 200 ? String(d.prefix(200)) + "…" : d)" }
     if let r = e.fields["reason"] { line += "  reason=\(r)" }
+    if let r = e.fields["error"] { line += "  error=\(r.count > 200 ? String(r.prefix(200)) + "…" : r)" }
+    if let r = e.fields["delay"] { line += "  retry in \(r) ms" }
     return line
 }

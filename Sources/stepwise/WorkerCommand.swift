@@ -35,12 +35,36 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Approximate maximum number of events kept per session stream.")
     var eventsMaxLength: Int = 1000
 
+    @Option(help: "Deliveries of a step before it is dead-lettered (1-1000), unless its agent or submit says otherwise.")
+    var maxAttempts: Int = 3
+
+    @Option(help: "Seconds before the first retry of a failed step; doubles each attempt, with jitter.")
+    var retryDelay: Double = 1
+
+    @Option(help: "Upper bound of a retry delay, in seconds.")
+    var maxRetryDelay: Double = 60
+
+    @Option(help: "Pool-wide limit on sessions running a step at once, 0 for none. Give every worker the same value.")
+    var maxActiveSessions: Int = 0
+
+    @Option(help: "Largest state document an agent may return, in bytes; a larger one is dead-lettered.")
+    var maxStateBytes: Int = 4 << 20
+
+    @Flag(help: "Refuse to start when Redis may lose jobs (maxmemory-policy not noeviction, or append-only file off).")
+    var strict = false
+
     func validate() throws {
         guard (1...1000).contains(concurrency) else { throw ValidationError("--concurrency must be 1-1000, got \(concurrency)") }
         _ = try seconds(heartbeatTTL, flag: "--heartbeat-ttl", min: 1)
         _ = try seconds(reaperInterval, flag: "--reaper-interval", min: 0.1)
         _ = try seconds(grace, flag: "--grace")
         guard eventsMaxLength >= 10 else { throw ValidationError("--events-max-length must be at least 10") }
+        guard (1...1000).contains(maxAttempts) else { throw ValidationError("--max-attempts must be 1-1000, got \(maxAttempts)") }
+        _ = try seconds(retryDelay, flag: "--retry-delay", min: 0.01)
+        _ = try seconds(maxRetryDelay, flag: "--max-retry-delay", min: retryDelay)
+        guard maxRetryDelay <= 86_400 else { throw ValidationError("--max-retry-delay must be at most 86400 seconds") }
+        guard maxActiveSessions >= 0 else { throw ValidationError("--max-active-sessions must be 0 (no limit) or more") }
+        guard maxStateBytes >= 1024 else { throw ValidationError("--max-state-bytes must be at least 1024") }
         if let workerID {
             var c = Worker.Configuration(workerID: workerID)
             c.concurrency = concurrency
@@ -54,7 +78,10 @@ struct WorkerCommand: AsyncParsableCommand {
             workerID: workerID ?? Worker.defaultID(), concurrency: concurrency,
             heartbeatTTL: try seconds(heartbeatTTL, flag: "--heartbeat-ttl", min: 1),
             reaperInterval: try seconds(reaperInterval, flag: "--reaper-interval", min: 0.1),
-            grace: try seconds(grace, flag: "--grace"), eventsMaxLength: eventsMaxLength)
+            grace: try seconds(grace, flag: "--grace"), eventsMaxLength: eventsMaxLength, maxAttempts: maxAttempts,
+            retryDelay: try seconds(retryDelay, flag: "--retry-delay", min: 0.01),
+            maxRetryDelay: try seconds(maxRetryDelay, flag: "--max-retry-delay", min: retryDelay),
+            maxActiveSessions: maxActiveSessions, maxStateBytes: maxStateBytes, strict: strict)
         // Fail fast, with one clear line, when Redis is unreachable.
         let probe = try await connection.connect(name: "stepwise:probe", logger: logger)
         await probe.close()

@@ -88,7 +88,8 @@ struct EngineTests {
             let mine = events.filter { $0.step == step }.map(\.type)
             #expect(mine == ["step.started", "step.progress", "step.completed"], "step \(step): \(mine)")
         }
-        #expect(events.allSatisfy { $0.session == "quiz" && $0.attempt == 1 && $0.time > 0 && !$0.jobID.isEmpty })
+        #expect(events.first?.type == "session.created")
+        #expect(events.dropFirst().allSatisfy { $0.session == "quiz" && $0.attempt == 1 && $0.time > 0 && !$0.jobID.isEmpty })
         #expect(try await conn.send(["LLEN", RedisArgument(keys.inflight(worker: "any"))]).int == 0)
     }
 
@@ -122,7 +123,7 @@ struct EngineTests {
         func claim(_ worker: String) async throws -> Claim.Job {
             let reply = try await conn.evalScript(
                 Scripts.claim, keys: [RedisArgument(keys.ready), RedisArgument(keys.inflight(worker: worker))],
-                arguments: [RedisArgument(keys.prefix), RedisArgument(worker), 1, "", 100])
+                arguments: [RedisArgument(keys.prefix), RedisArgument(worker), 1, "", 100, 0])
             guard case .run(let job) = try #require(Claim(reply)) else { throw StepwiseError(.unexpectedReply, "\(reply)") }
             return job
         }
@@ -131,7 +132,7 @@ struct EngineTests {
                 Scripts.commit, keys: [RedisArgument(keys.ready), RedisArgument(keys.inflight(worker: worker))],
                 arguments: [
                     RedisArgument(keys.prefix), RedisArgument(worker), 2, 100, RedisArgument(job.jobID),
-                    RedisArgument(job.holder), "wait", RedisArgument(state), "", "0",
+                    RedisArgument(job.holder), "wait", RedisArgument(state), "", "0", 0, 0, "",
                 ])
             return reply.array?.first?.string
         }
@@ -151,7 +152,7 @@ struct EngineTests {
         #expect(stats == 2)
     }
 
-    @Test func agentErrorsAndCorruptStateFailTheStepWithoutStoppingTheWorker() async throws {
+    @Test func corruptStateIsDeadLetteredWithoutStoppingTheWorker() async throws {
         let bad = try SessionID("corrupt")
         let good = try SessionID("healthy")
         _ = try await dispatcher.submit(Submission(session: bad, agent: "counter", input: 1))
@@ -166,7 +167,12 @@ struct EngineTests {
         }
         #expect(ok)
         let events = try await store.events(of: bad, after: "0")
-        let failed = try #require(events.first { $0.type == "step.failed" })
-        #expect(failed.fields["data"]?.contains("session state is not valid JSON") == true)
+        let dead = try #require(events.first { $0.type == "step.dead" })
+        #expect(dead.fields["error"]?.contains("session state is not valid JSON") == true)
+        #expect(dead.fields["reason"] == "invalid job")
+        #expect(!events.contains { $0.type == "step.retrying" }, "a job that can never run is not retried")
+        let letters = try await DeadLetterQueue(connection: conn, keys: keys).list()
+        #expect(letters.map(\.session) == ["corrupt"])
+        #expect(letters.first?.attempts == 1)
     }
 }
