@@ -40,6 +40,12 @@ public struct SessionSnapshot: Sendable, Hashable {
     public var state: JSONValue
     /// Steps waiting in the session's inbox (including one that is running).
     public var queued: Int
+    /// Why the session was cancelled, when it was.
+    public var cancelReason: String?
+    /// The dead-lettered job that blocks the session, when there is one.
+    public var deadLetter: String?
+    /// When the session's keys expire unless it is active again (ms since 1970); `nil` for never.
+    public var expiresAt: Int64?
 
     /// The JSON form printed by `stepwise status --json`.
     public var json: JSONValue {
@@ -48,7 +54,8 @@ public struct SessionSnapshot: Sendable, Hashable {
             "status": .string(status.rawValue), "version": .number(Double(version)),
             "steps": .number(Double(steps)), "created": .number(Double(createdAt)),
             "lastActive": .number(Double(lastActiveAt)), "options": options, "state": state,
-            "queued": .number(Double(queued)),
+            "queued": .number(Double(queued)), "cancelReason": cancelReason.map { .string($0) } ?? .null,
+            "deadLetter": deadLetter.map { .string($0) } ?? .null, "expires": expiresAt.map { .number(Double($0)) } ?? .null,
         ]
     }
 }

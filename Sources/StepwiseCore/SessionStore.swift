@@ -16,12 +16,12 @@ public struct SessionStore: Sendable {
         let replies = try await connection.pipeline([
             [
                 "HMGET", RedisArgument(keys.session(id)), "agent", "owner", "status", "version", "steps", "created",
-                "active", "options", "state",
+                "active", "options", "state", "cancelled", "blocked", "exp",
             ],
             ["LLEN", RedisArgument(keys.inbox(id))],
         ])
         for r in replies { try r.throwingServerError() }
-        guard let f = replies[0].array, f.count == 9, let agent = f[0].string else { return nil }
+        guard let f = replies[0].array, f.count == 12, let agent = f[0].string else { return nil }
         func json(_ v: RESPValue) -> JSONValue {
             guard let b = v.bytes else { return .null }
             return (try? JSONValue(parsing: b)) ?? .string(String(decoding: b, as: UTF8.self))
@@ -31,7 +31,8 @@ public struct SessionStore: Sendable {
             status: f[2].string.flatMap(SessionStatus.init(rawValue:)) ?? .idle,
             version: f[3].int ?? 0, steps: f[4].int ?? 0,
             createdAt: Int64(f[5].int ?? 0), lastActiveAt: Int64(f[6].int ?? 0),
-            options: json(f[7]), state: json(f[8]), queued: replies[1].int ?? 0)
+            options: json(f[7]), state: json(f[8]), queued: replies[1].int ?? 0, cancelReason: f[9].string,
+            deadLetter: f[10].string.flatMap { $0.isEmpty ? nil : $0 }, expiresAt: f[11].string.flatMap { Int64($0) })
     }
 
     /// The most recently active sessions, newest first, with status and step count.
@@ -47,11 +48,13 @@ public struct SessionStore: Sendable {
         }
         let valid = rows.compactMap { row in (try? SessionID(row.0)).map { ($0, row.1) } }
         guard !valid.isEmpty else { return [] }
-        let details = try await connection.pipeline(valid.map { ["HMGET", RedisArgument(keys.session($0.0)), "status", "steps"] })
+        let details = try await connection.pipeline(valid.map { ["HMGET", RedisArgument(keys.session($0.0)), "status", "steps", "active"] })
+        // The index is refreshed at most every few seconds per session; the hash has the exact time.
         return zip(valid, details).map { row, d in
             let f = d.array ?? []
-            return (row.0.rawValue, row.1, f.first?.string ?? "expired", f.count > 1 ? (f[1].int ?? 0) : 0)
-        }
+            let active = f.count > 2 ? f[2].int.map(Int64.init) : nil
+            return (row.0.rawValue, active ?? row.1, f.first?.string ?? "expired", f.count > 1 ? (f[1].int ?? 0) : 0)
+        }.sorted { $0.1 > $1.1 }
     }
 
     /// Queue depth and what each registered worker holds.
@@ -60,6 +63,10 @@ public struct SessionStore: Sendable {
             ["LLEN", RedisArgument(keys.ready)],
             ["ZRANGE", RedisArgument(keys.workers), 0, -1, "WITHSCORES"],
             ["HGETALL", RedisArgument(keys.stats)],
+            ["ZCARD", RedisArgument(keys.delayed)],
+            ["LLEN", RedisArgument(keys.parked)],
+            ["ZCARD", RedisArgument(keys.dead)],
+            ["SCARD", RedisArgument(keys.active)],
         ])
         for r in head { try r.throwingServerError() }
         var workers: [(String, Int64)] = []
@@ -85,7 +92,9 @@ public struct SessionStore: Sendable {
                     .init(id: wk.0, lastHeartbeatAt: wk.1, inflight: details[2 * n].int ?? 0, alive: (details[2 * n + 1].int ?? -2) > 0))
             }
         }
-        return QueueInfo(ready: head[0].int ?? 0, workers: rows, stats: stats)
+        return QueueInfo(
+            ready: head[0].int ?? 0, workers: rows, stats: stats, delayed: head[3].int ?? 0, parked: head[4].int ?? 0,
+            dead: head[5].int ?? 0, active: head[6].int ?? 0)
     }
 
     /// Events after `after` (exclusive; `"0"` for all), waiting up to `block` when there are none.
@@ -116,6 +125,14 @@ public struct QueueInfo: Sendable {
     /// Jobs waiting in the ready list.
     public var ready: Int
     public var workers: [WorkerRow]
-    /// Pool-wide counters (`committed`, `stale_commits`, `reaped`, `skipped`).
+    /// Pool-wide counters (`committed`, `stale_commits`, `reaped`, `skipped`, `dead`).
     public var stats: [String: Int]
+    /// Retries waiting for their delay.
+    public var delayed: Int
+    /// Jobs waiting for an active-session slot.
+    public var parked: Int
+    /// Dead letters (each blocks its session).
+    public var dead: Int
+    /// Sessions holding an active-session slot (only counted when the pool has a limit).
+    public var active: Int
 }

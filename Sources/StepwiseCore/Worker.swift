@@ -124,6 +124,8 @@ public final class Worker: Service, Sendable {
         var running: [String: Task<StepResult, any Error>] = [:]
         /// Sessions whose running step was cancelled because the session was cancelled.
         var cancelled: Set<String> = []
+        /// The earliest retry this process scheduled and has not promoted yet (ms since 1970).
+        var retryDue: Int64?
     }
 
     /// Creates a worker; nothing connects until ``run()``.
@@ -425,6 +427,9 @@ public final class Worker: Service, Sendable {
             throw StepwiseError(.unexpectedReply, "commit script returned \(reply)")
         }
         switch status {
+        case "retry":
+            let due = Dispatcher.nowMillis() + outcome.retryDelay.milliseconds
+            state.withLock { $0.retryDue = min($0.retryDue ?? due, due) }
         case "stale": logger.warning("commit rejected: this worker no longer holds the session")
         case "dead": logger.warning("step dead-lettered", metadata: ["stepwise.reason": .string(outcome.deadReason)])
         default: break
@@ -466,11 +471,15 @@ public final class Worker: Service, Sendable {
         while !Task.isCancelled {
             do { try await Task.sleep(for: tick) } catch { return }
             do {
+                cancelSeq = try await watchCancels(conn, after: cancelSeq)
+            } catch {
+                logger.warning("watching for cancelled sessions failed, retrying", metadata: [LogKeys.error: "\(error)"])
+            }
+            do {
                 if ContinuousClock.now - lastBeat >= beatEvery {
                     lastBeat = .now
                     try await beat(conn)
                 }
-                cancelSeq = try await watchCancels(conn, after: cancelSeq)
                 if ContinuousClock.now - lastReap >= configuration.reaperInterval {
                     lastReap = .now
                     try await reapDeadWorkers(conn)
@@ -493,7 +502,7 @@ public final class Worker: Service, Sendable {
         }
         guard state.withLock({ !$0.running.isEmpty }) else { return after }
         let reply = try await conn.send([
-            "ZRANGEBYSCORE", RedisArgument(keys.cancels), RedisArgument("(\(Int64(after)))"), "+inf", "WITHSCORES",
+            "ZRANGEBYSCORE", RedisArgument(keys.cancels), RedisArgument("(\(Int64(after))"), "+inf", "WITHSCORES",
         ]).throwingServerError()
         let items = reply.array ?? []
         var last = after
@@ -516,24 +525,31 @@ public final class Worker: Service, Sendable {
         return last
     }
 
-    /// Moves due retries to `ready`; sleeps until the next one is due (at most 1 s, plus a little
-    /// jitter so the workers of a pool do not all call at once).
+    /// Moves due retries to `ready`. Asks Redis when the next retry is due (at most every
+    /// second, plus a little jitter so the workers of a pool do not call together), and wakes at
+    /// once for retries this process scheduled itself; between calls it only checks local state.
     private func promoter(_ conn: RedisConnection) async {
+        var nextCall = ContinuousClock.now
         while !Task.isCancelled {
-            var wait = Duration.seconds(1)
-            do {
-                let now = Dispatcher.nowMillis()
-                let reply = try await conn.evalScript(
-                    Scripts.promote, keys: [RedisArgument(keys.delayed), RedisArgument(keys.ready)],
-                    arguments: [RedisArgument(keys.prefix), RedisArgument(now)]
-                ).throwingServerError()
-                if let next = reply.array?.last?.string.flatMap({ Double($0) }) {
-                    wait = .milliseconds(max(5, min(1000, Int64(next) - now)))
+            let now = Dispatcher.nowMillis()
+            let localDue = state.withLock { $0.retryDue.map { $0 <= now } ?? false }
+            if localDue || ContinuousClock.now >= nextCall {
+                state.withLock { s in if let due = s.retryDue, due <= now { s.retryDue = nil } }
+                var wait = Duration.seconds(1)
+                do {
+                    let reply = try await conn.evalScript(
+                        Scripts.promote, keys: [RedisArgument(keys.delayed), RedisArgument(keys.ready)],
+                        arguments: [RedisArgument(keys.prefix), RedisArgument(now)]
+                    ).throwingServerError()
+                    if let next = reply.array?.last?.string.flatMap({ Double($0) }) {
+                        wait = .milliseconds(max(5, min(1000, Int64(next) - now)))
+                    }
+                } catch {
+                    logger.warning("promoting retries failed, retrying", metadata: [LogKeys.error: "\(error)"])
                 }
-            } catch {
-                logger.warning("promoting retries failed, retrying", metadata: [LogKeys.error: "\(error)"])
+                nextCall = .now + wait + .milliseconds(Int64.random(in: 0...20))
             }
-            do { try await Task.sleep(for: wait + .milliseconds(Int64.random(in: 0...20))) } catch { return }
+            do { try await Task.sleep(for: .milliseconds(10)) } catch { return }
         }
     }
 

@@ -69,11 +69,14 @@ struct StatusCommand: AsyncParsableCommand {
         output("agent     \(s.agent)")
         if !s.owner.isEmpty { output("owner     \(s.owner)") }
         output("status    \(s.status.rawValue)")
+        if let reason = s.cancelReason { output("cancelled \(reason)") }
+        if let job = s.deadLetter { output("blocked   by dead letter \(job): see `stepwise dead show \(job)`") }
         output("version   \(s.version)")
         output("steps     \(s.steps)")
         output("queued    \(s.queued)")
         output("created   \(formatTime(s.createdAt))")
         output("active    \(formatTime(s.lastActiveAt))")
+        output("expires   \(s.expiresAt.map(formatTime) ?? "never")")
         output("options   \(s.options.jsonString)")
         output("state     \(s.state.jsonString)")
     }
@@ -129,10 +132,18 @@ struct QueueCommand: AsyncParsableCommand {
                 ["worker": .string($0.id), "inflight": .number(Double($0.inflight)), "alive": .bool($0.alive), "lastHeartbeat": .number(Double($0.lastHeartbeatAt))]
             }
             let stats = JSONValue.object(info.stats.mapValues { .number(Double($0)) })
-            output(JSONValue.object(["ready": .number(Double(info.ready)), "workers": .array(workers), "stats": stats]).jsonString)
+            output(
+                JSONValue.object([
+                    "ready": .number(Double(info.ready)), "delayed": .number(Double(info.delayed)),
+                    "parked": .number(Double(info.parked)), "dead": .number(Double(info.dead)),
+                    "active": .number(Double(info.active)), "workers": .array(workers), "stats": stats,
+                ]).jsonString)
             return
         }
         output("ready      \(info.ready)")
+        output("delayed    \(info.delayed)  (retries waiting for their backoff)")
+        output("parked     \(info.parked)  (waiting for an active-session slot; \(info.active) held)")
+        output("dead       \(info.dead)  (see stepwise dead list)")
         output("workers    \(info.workers.count)")
         for w in info.workers {
             output("  \(w.id.padding(toLength: 40, withPad: " ", startingAt: 0)) inflight \(w.inflight)  \(w.alive ? "alive" : "DEAD (reaper will recover its jobs)")")

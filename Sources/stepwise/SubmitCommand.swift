@@ -155,7 +155,7 @@ func follow(
 }
 
 func describe(_ e: StepEvent) -> String {
-    var line = "\(formatTime(e.time))  \(e.type.padding(toLength: 15, withPad: " ", startingAt: 0)) step \(e.step)"
+    var line = "\(formatTime(e.time))  \(e.type.padding(toLength: 17, withPad: " ", startingAt: 0)) step \(e.step)"
     if e.attempt > 1 { line += " (attempt \(e.attempt))" }
     if let m = e.fields["message"] { line += "  \(m)" }
     if let o = e.fields["outcome"] { line += "  outcome=\(o)" }
