@@ -19,7 +19,7 @@ if [ -z "${REDIS_URL:-}" ]; then
   echo "started redis-server on 127.0.0.1:$port (data in .run/redis)"
 fi
 for i in 1 2; do
-  "$bin" worker --concurrency 4 --worker-id "demo-worker-$i" --log-level warning &
+  "$bin" worker --concurrency 4 --max-active-sessions 2 --worker-id "demo-worker-$i" --log-level warning &
   pids+=($!)
 done
 session="quiz-$(date +%s)"

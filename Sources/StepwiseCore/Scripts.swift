@@ -17,6 +17,12 @@ enum Scripts {
           local s = P .. 's:{' .. sid .. '}'
           return {session = s, inbox = s .. ':inbox', jobs = s .. ':jobs', idem = s .. ':idem', events = s .. ':events'}
         end
+        -- Milliseconds since 1970 by the Redis server's clock: expiry and retry times use it, so
+        -- a client with a skewed clock cannot expire a session early or delay a retry.
+        local function server_ms()
+          local t = redis.call('TIME')
+          return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        end
         local function event(k, maxlen, ...)
           return redis.call('XADD', k.events, 'MAXLEN', '~', maxlen, '*', ...)
         end
@@ -33,7 +39,7 @@ enum Scripts {
           redis.call('ZADD', P .. 'sessions', now, sid)
           local exp = ''
           if ttl > 0 then
-            exp = now + ttl + due
+            exp = server_ms() + ttl + due
             for _, key in ipairs({k.session, k.inbox, k.jobs, k.idem, k.events}) do
               redis.call('PEXPIREAT', key, exp)
             end
@@ -235,7 +241,7 @@ enum Scripts {
               elseif outcome == 'retry' then
                 local delay = tonumber(ARGV[12])
                 redis.call('HSET', k.session, 'holder', '', 'status', 'queued', 'active', now)
-                redis.call('ZADD', P .. 'delayed', tonumber(now) + delay, jid)
+                redis.call('ZADD', P .. 'delayed', server_ms() + delay, jid)
                 local eid = event(k, maxlen, 'type', 'step.retrying', 'session', sid, 'job', jid, 'step', tonumber(cur[3]) + 1,
                   'attempt', attempt, 'time', now, 'delay', delay, 'error', ARGV[9])
                 result = {'retry', eid, tonumber(cur[2])}
@@ -304,7 +310,11 @@ enum Scripts {
             local s = redis.call('HMGET', k.session, 'holder', 'steps', 'cancelled')
             if s[1] ~= holder or redis.call('LINDEX', k.inbox, 0) ~= jid then return 0 end
             free_slot(P, sid, ARGV[7])
-            local attempt = redis.call('HINCRBY', k.jobs, seq .. ':a', -1)
+            local attempt = redis.call('HGET', k.jobs, seq .. ':a') or '0'
+            if holder ~= '' then
+              -- The claim counted this delivery; an unfinished release does not.
+              redis.call('HINCRBY', k.jobs, seq .. ':a', -1)
+            end
             if s[3] then
               drop_cancelled(k, sid, jid, seq, now, maxlen, attempt)
               return 1
@@ -362,12 +372,13 @@ enum Scripts {
     /// Moves retries whose delay is over from `delayed` to the front of `ready` (skipping jobs of
     /// cancelled sessions or jobs no longer at their session's head).
     ///
-    /// KEYS: delayed, ready. ARGV: prefix, now.
-    /// Returns `{moved, next due time ms or ''}`.
+    /// KEYS: delayed, ready. ARGV: prefix. Due times are by the Redis server's clock.
+    /// Returns `{moved, ms until the next retry is due, or ''}`.
     static let promote = RedisScript(
         name: "promote",
         source: prelude + "\n" + #"""
-            local P, now = ARGV[1], ARGV[2]
+            local P = ARGV[1]
+            local now = server_ms()
             local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
             local moved = 0
             for i = #due, 1, -1 do
@@ -384,7 +395,9 @@ enum Scripts {
               end
             end
             local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-            return {moved, nxt[2] or ''}
+            local wait = ''
+            if nxt[2] then wait = tostring(math.max(0, tonumber(nxt[2]) - now)) end
+            return {moved, wait}
             """#)
 
     /// Cancels a session: a durable mark, queued steps dropped (from the inbox, `ready`,
@@ -407,13 +420,16 @@ enum Scripts {
             local running = ''
             if s[2] ~= '' and ids[1] then running = ids[1] end
             local dropped = 0
-            for _, jid in ipairs(ids) do
+            for i, jid in ipairs(ids) do
               if jid ~= running then
                 local _, seq = split_job(jid)
                 if seq then redis.call('HDEL', k.jobs, seq, seq .. ':a', seq .. ':t', seq .. ':m') end
-                redis.call('LREM', P .. 'ready', 1, jid)
-                redis.call('LREM', P .. 'parked', 1, jid)
-                redis.call('ZREM', P .. 'delayed', jid)
+                if i == 1 then
+                  -- Only the head is ever dispatched: it may wait in ready, parked or delayed.
+                  redis.call('LREM', P .. 'ready', 1, jid)
+                  redis.call('LREM', P .. 'parked', 1, jid)
+                  redis.call('ZREM', P .. 'delayed', jid)
+                end
                 dropped = dropped + 1
               end
             end
@@ -469,6 +485,9 @@ enum Scripts {
             end
             redis.call('HDEL', k.session, 'blocked', 'dead_reason', 'dead_error', 'dead_attempts', 'dead_at')
             redis.call('ZREM', P .. 'dead', sid)
+            if action ~= 'retry' and action ~= 'purge' then
+              return redis.error_reply('STEPWISE not_dead unknown dead-letter action ' .. action)
+            end
             if action == 'retry' then
               redis.call('HSET', k.jobs, seq .. ':a', 0)
               redis.call('HSET', k.session, 'status', 'queued', 'active', now)
@@ -494,12 +513,13 @@ enum Scripts {
     /// active slots whose session no longer holds a step (a config change or a crash between
     /// scripts), letting parked jobs take them.
     ///
-    /// ARGV: prefix, now, active limit. Returns the number of expired sessions swept.
+    /// ARGV: prefix, now (unused: the server clock decides), active limit.
+    /// Returns the number of expired sessions swept.
     static let sweep = RedisScript(
         name: "sweep",
         source: prelude + "\n" + #"""
-            local P, now, limit = ARGV[1], ARGV[2], ARGV[3]
-            local due = redis.call('ZRANGEBYSCORE', P .. 'expiry', '-inf', now, 'LIMIT', 0, 500)
+            local P, limit = ARGV[1], ARGV[3]
+            local due = redis.call('ZRANGEBYSCORE', P .. 'expiry', '-inf', server_ms(), 'LIMIT', 0, 500)
             local n = 0
             for _, sid in ipairs(due) do
               local exp = redis.call('HGET', P .. 's:{' .. sid .. '}', 'exp')
@@ -520,11 +540,10 @@ enum Scripts {
               local holder = redis.call('HGET', P .. 's:{' .. sid .. '}', 'holder')
               if (not holder) or holder == '' then redis.call('SREM', P .. 'active', sid) end
             end
-            if tonumber(limit) > 0 then
-              for _ = 1, 100 do
-                if redis.call('SCARD', P .. 'active') >= tonumber(limit) then break end
-                if not redis.call('LMOVE', P .. 'parked', P .. 'ready', 'LEFT', 'LEFT') then break end
-              end
+            -- Without a limit (say, the pool was restarted without one) parked jobs all go.
+            for _ = 1, 1000 do
+              if tonumber(limit) > 0 and redis.call('SCARD', P .. 'active') >= tonumber(limit) then break end
+              if not redis.call('LMOVE', P .. 'parked', P .. 'ready', 'LEFT', 'RIGHT') then break end
             end
             return n
             """#)

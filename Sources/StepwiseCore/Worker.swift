@@ -124,6 +124,9 @@ public final class Worker: Service, Sendable {
         var running: [String: Task<StepResult, any Error>] = [:]
         /// Sessions whose running step was cancelled because the session was cancelled.
         var cancelled: Set<String> = []
+        /// Sessions the cancel watch saw cancelled (bounded): a step claimed just before the
+        /// cancel and registered just after it is still stopped.
+        var recentCancels: Set<String> = []
         /// The earliest retry this process scheduled and has not promoted yet (ms since 1970).
         var retryDue: Int64?
     }
@@ -330,15 +333,27 @@ public final class Worker: Service, Sendable {
         }
         let (agent, stateDoc, input, context) = prepared
         let task = Task { try await agent.step(state: stateDoc, input: input, context: context) }
-        state.withLock { $0.running[job.sessionID] = task }
-        defer { state.withLock { $0.running[job.sessionID] = nil } }
+        let cancelledAlready = state.withLock { s in
+            s.running[job.sessionID] = task
+            // A cancel seen by the watcher before this step registered still stops it.
+            return s.recentCancels.contains(job.sessionID)
+        }
+        if cancelledAlready {
+            state.withLock { _ = $0.cancelled.insert(job.sessionID) }
+            task.cancel()
+        }
         let result = await withTaskCancellationHandler { await task.result } onCancel: { task.cancel() }
-        let sessionCancelled = state.withLock { $0.cancelled.remove(job.sessionID) != nil }
+        let sessionCancelled = state.withLock { s in
+            s.running[job.sessionID] = nil
+            return s.cancelled.remove(job.sessionID) != nil
+        }
+        let shuttingDown = Task.isCancelled
         switch result {
         case .success(let r):
             return validated(r, job: job, logger: logger)
-        case .failure(let error) where error is CancellationError && !sessionCancelled:
-            // Shutdown: give the step back unfinished; the next delivery does not count it.
+        case .failure where shuttingDown && !sessionCancelled:
+            // Shutdown: give the step back unfinished; the next delivery does not count it. (An
+            // agent that throws CancellationError on its own is an ordinary failure, retried.)
             try? await release(claim, on: conn, reason: "cancelled")
             throw CancellationError()
         case .failure(let error):
@@ -500,7 +515,6 @@ public final class Worker: Service, Sendable {
             let last = try await conn.send(["ZRANGE", RedisArgument(keys.cancels), -1, -1, "WITHSCORES"]).throwingServerError()
             return (last.array ?? []).last?.string.flatMap(Double.init) ?? 0
         }
-        guard state.withLock({ !$0.running.isEmpty }) else { return after }
         let reply = try await conn.send([
             "ZRANGEBYSCORE", RedisArgument(keys.cancels), RedisArgument("(\(Int64(after))"), "+inf", "WITHSCORES",
         ]).throwingServerError()
@@ -510,6 +524,8 @@ public final class Worker: Service, Sendable {
         while i + 1 < items.count {
             if let sid = items[i].string {
                 let task: Task<StepResult, any Error>? = state.withLock { s in
+                    if s.recentCancels.count >= 10_000 { s.recentCancels.removeAll() }
+                    s.recentCancels.insert(sid)
                     guard let t = s.running[sid] else { return nil }
                     s.cancelled.insert(sid)
                     return t
@@ -541,8 +557,8 @@ public final class Worker: Service, Sendable {
                         Scripts.promote, keys: [RedisArgument(keys.delayed), RedisArgument(keys.ready)],
                         arguments: [RedisArgument(keys.prefix), RedisArgument(now)]
                     ).throwingServerError()
-                    if let next = reply.array?.last?.string.flatMap({ Double($0) }) {
-                        wait = .milliseconds(max(5, min(1000, Int64(next) - now)))
+                    if let next = reply.array?.last?.string.flatMap({ Int64($0) }) {
+                        wait = .milliseconds(max(5, min(1000, next)))
                     }
                 } catch {
                     logger.warning("promoting retries failed, retrying", metadata: [LogKeys.error: "\(error)"])

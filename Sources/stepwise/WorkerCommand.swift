@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Logging
 import ServiceLifecycle
 import StepwiseAgents
@@ -12,7 +13,8 @@ struct WorkerCommand: AsyncParsableCommand {
         abstract: "Run a worker process: take step jobs, run agents, commit state and events.",
         discussion: """
             SIGTERM or SIGINT starts a graceful shutdown: no new jobs are taken, running steps get \
-            --grace seconds to finish, unfinished ones go back to the front of their session.
+            --grace seconds to finish, unfinished ones go back to the front of their session. A second \
+            signal cancels running steps at once (they go back too); a third exits immediately.
             """)
 
     @OptionGroup var connection: ConnectionOptions
@@ -92,6 +94,25 @@ struct WorkerCommand: AsyncParsableCommand {
             configuration: .init(
                 services: [.init(service: worker)], gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [],
                 logger: logger))
-        try await reportingFailures { try await group.run() }
+        // ServiceLifecycle starts the graceful shutdown on the first SIGTERM/SIGINT. A second one
+        // cancels the worker at once: running steps are cancelled and released to the front of
+        // their sessions (an agent that ignores cancellation is covered by the reaper after a
+        // third signal exits the process).
+        let run = Task { try await group.run() }
+        let escalation = Task {
+            var count = 0
+            for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) {
+                count += 1
+                if count == 2 {
+                    logger.warning("second signal: stopping now, unfinished steps go back to their sessions")
+                    run.cancel()
+                } else if count >= 3 {
+                    logger.warning("third signal: exiting at once; the reaper will recover in-flight steps")
+                    _exit(1)
+                }
+            }
+        }
+        defer { escalation.cancel() }
+        try await reportingFailures { try await run.value }
     }
 }
