@@ -226,7 +226,7 @@ enum Scripts {
             local sid, seq = split_job(jid)
             local k = sid and session_keys(P, sid)
             local cur = k and redis.call('HMGET', k.session, 'holder', 'version', 'steps', 'ttl', 'refreshed', 'cancelled', 'exp')
-            local j = k and redis.call('HMGET', k.jobs, seq .. ':a', seq .. ':t')
+            local j = k and redis.call('HMGET', k.jobs, seq .. ':a', seq .. ':t', seq .. ':m')
             if (not cur) or cur[1] ~= holder or redis.call('LINDEX', k.inbox, 0) ~= jid then
               redis.call('LREM', KEYS[2], 1, jid)
               redis.call('HINCRBY', P .. 'stats', 'stale_commits', 1)
@@ -264,7 +264,12 @@ enum Scripts {
                   'time', now, 'outcome', outcome, 'version', version, 'submitted', j[2] or '', 'data', ARGV[9])
                 if outcome == 'continue' then
                   local nseq = redis.call('HINCRBY', k.session, 'seq', 1)
-                  redis.call('HSET', k.jobs, nseq, ARGV[9], nseq .. ':t', now)
+                  if j[3] then
+                    -- A continuation inherits its submit's attempt limit.
+                    redis.call('HSET', k.jobs, nseq, ARGV[9], nseq .. ':t', now, nseq .. ':m', j[3])
+                  else
+                    redis.call('HSET', k.jobs, nseq, ARGV[9], nseq .. ':t', now)
+                  end
                   if redis.call('LPUSH', k.inbox, sid .. ':' .. nseq) == 1 and cur[7] and cur[7] ~= '' then
                     -- New inbox and jobs keys: give them the session's current expiry.
                     redis.call('PEXPIREAT', k.inbox, cur[7])
