@@ -41,7 +41,7 @@ public struct CounterAgent: Agent {
 /// - `"crash"`: kills its own worker process with SIGKILL on every delivery (a poison step);
 /// - `"crash-once"`: kills the worker on attempt 1 only;
 /// - `"hang"`: sleeps `ms` (default 60 000) milliseconds, cancellably, then records the input;
-/// - `"garbage"`: returns a state document of 2 MiB (over the worker's state size limit).
+/// - `"garbage"`: returns a state document of 5 MiB (over the worker's default 4 MiB state limit).
 public struct FaultAgent: Agent {
     public let name = "fault"
     public init() {}
@@ -67,7 +67,7 @@ public struct FaultAgent: Agent {
         case "hang":
             try await Task.sleep(for: .milliseconds(input["ms"]?.intValue ?? 60_000))
         case "garbage":
-            return StepResult(state: .string(String(repeating: "x", count: 2 << 20)), outcome: .waitForInput)
+            return StepResult(state: .string(String(repeating: "x", count: 5 << 20)), outcome: .waitForInput)
         default:
             break
         }

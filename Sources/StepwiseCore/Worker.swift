@@ -166,12 +166,14 @@ public final class Worker: Service, Sendable {
         try await control.connect()
         try await checkRedisConfiguration(control)
         try await beat(control)
+        // Learn where the cancel sequence is before any slot runs, so no cancel is missed.
+        let cancelSeq = try await watchCancels(control, after: nil)
         logger.info("worker started", metadata: [LogKeys.count: .stringConvertible(configuration.concurrency)])
 
         await withGracefulShutdownHandler {
             await withTaskGroup(of: WorkerTaskKind.self) { group in
                 group.addTask {
-                    await self.maintenance(control)
+                    await self.maintenance(control, cancelSeq: cancelSeq)
                     return .maintenance
                 }
                 group.addTask {
@@ -477,12 +479,12 @@ public final class Worker: Service, Sendable {
         for r in replies { try r.throwingServerError() }
     }
 
-    private func maintenance(_ conn: RedisConnection) async {
+    private func maintenance(_ conn: RedisConnection, cancelSeq start: Double?) async {
         let beatEvery = configuration.heartbeatTTL / 3
         let tick = min(Duration.milliseconds(500), beatEvery, configuration.reaperInterval)
         var lastBeat = ContinuousClock.now
         var lastReap = ContinuousClock.now
-        var cancelSeq: Double?
+        var cancelSeq = start
         while !Task.isCancelled {
             do { try await Task.sleep(for: tick) } catch { return }
             do {

@@ -1,0 +1,172 @@
+import Foundation
+import StepwiseAgents
+import StepwiseRedis
+import StepwiseTesting
+import Testing
+
+@testable import StepwiseCore
+
+/// Retries, dead letters, cancel, touch and expiry, with in-process workers (fast, precise).
+/// The fault suite (`FaultTests`) drives the same paths through worker processes.
+@Suite(
+    "lifecycle: retries, dead letters, cancel, expiry",
+    .enabled(if: TestRedis.url != nil, "needs STEPWISE_TEST_REDIS_URL: run `make test`"),
+    .timeLimit(.minutes(3))
+)
+struct LifecycleTests {
+    let keys: KeySpace
+    let conn: RedisConnection
+    let dispatcher: Dispatcher
+    let store: SessionStore
+    let dead: DeadLetterQueue
+
+    init() throws {
+        keys = try TestRedis.uniqueKeys()
+        conn = try TestRedis.connection()
+        dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn)
+        store = SessionStore(connection: conn, keys: keys)
+        dead = DeadLetterQueue(connection: conn, keys: keys)
+    }
+
+    func config(maxAttempts: Int = 3) -> Worker.Configuration {
+        Worker.Configuration(
+            workerID: "lc-\(UUID().uuidString.prefix(8))", concurrency: 2, blockTimeout: .milliseconds(200),
+            reaperInterval: .milliseconds(200), grace: .seconds(5), maxAttempts: maxAttempts,
+            retryDelay: .milliseconds(50), maxRetryDelay: .milliseconds(200))
+    }
+
+    func events(_ id: SessionID) async throws -> [StepEvent] { try await store.events(of: id, after: "0", count: 1000) }
+
+    @Test func aThrowingStepIsRetriedThenDeadLetteredAndBlocksItsSessionUntilPurged() async throws {
+        let id = try SessionID("retry")
+        _ = try await dispatcher.submit(Submission(session: id, agent: "fault", input: ["n": 0]))
+        _ = try await dispatcher.submit(Submission(session: id, input: ["n": 1, "fault": "throw"]))
+        _ = try await dispatcher.submit(Submission(session: id, input: ["n": 2]))
+        let blocked = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config(maxAttempts: 3)) {
+            await eventually(timeout: .seconds(20)) { (try? await store.session(id))?.deadLetter != nil }
+        }
+        #expect(blocked)
+        let s = try #require(try await store.session(id))
+        #expect(s.status == .failed)
+        #expect(s.deadLetter == "retry:2")
+        #expect(s.queued == 2, "the dead step and the one held behind it")
+        #expect(s.state["inputs"]?.arrayValue?.compactMap { $0["n"]?.intValue } == [0])
+        let types = try await events(id).filter { $0.jobID == "retry:2" }.map(\.type)
+        #expect(types == ["step.started", "step.retrying", "step.started", "step.retrying", "step.started", "step.dead"])
+        let letter = try #require(try await dead.show(jobID: "retry:2"))
+        #expect(letter.attempts == 3)
+        #expect(letter.reason == "attempts exhausted")
+        #expect(letter.error.contains("injected fault"))
+        #expect(letter.heldSteps == 1)
+        #expect(try await dead.list().map(\.jobID) == ["retry:2"])
+
+        try await dead.purge(jobID: "retry:2")
+        #expect(try await dead.list().isEmpty)
+        let resumed = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config()) {
+            await eventually(timeout: .seconds(20)) { (try? await store.session(id))?.steps == 2 }
+        }
+        #expect(resumed)
+        let after = try #require(try await store.session(id))
+        #expect(after.state["inputs"]?.arrayValue?.compactMap { $0["n"]?.intValue } == [0, 2], "the purged step is never applied")
+        #expect(after.status == .waiting)
+        await #expect(throws: StepwiseError.self) { try await dead.retry(jobID: "retry:2") }
+    }
+
+    @Test func aStepThatFailsOnceSucceedsOnItsSecondAttempt() async throws {
+        let id = try SessionID("flaky")
+        _ = try await dispatcher.submit(Submission(session: id, agent: "fault", input: ["n": 1, "fault": "throw-once"]))
+        let ok = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config()) {
+            await eventually(timeout: .seconds(20)) { (try? await store.session(id))?.steps == 1 }
+        }
+        #expect(ok)
+        let done = try #require(try await events(id).first { $0.type == "step.completed" })
+        #expect(done.attempt == 2)
+        let retrying = try #require(try await events(id).first { $0.type == "step.retrying" })
+        #expect(Int(retrying.fields["delay"] ?? "") ?? -1 >= 25, "equal jitter: at least half the 50 ms base")
+    }
+
+    @Test func aSubmitsMaxAttemptsOverridesTheWorkers() async throws {
+        let id = try SessionID("once")
+        _ = try await dispatcher.submit(Submission(session: id, agent: "fault", input: ["fault": "throw"], maxAttempts: 1))
+        let isDead = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config(maxAttempts: 5)) {
+            await eventually(timeout: .seconds(20)) { (try? await dead.show(jobID: "once:1")) != nil }
+        }
+        #expect(isDead)
+        #expect(try await events(id).filter { $0.type == "step.started" }.count == 1)
+    }
+
+    @Test func anOversizedResultIsDeadLetteredAtOnce() async throws {
+        let id = try SessionID("garbage")
+        _ = try await dispatcher.submit(Submission(session: id, agent: "fault", input: ["fault": "garbage"]))
+        let isDead = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config()) {
+            await eventually(timeout: .seconds(20)) { (try? await dead.show(jobID: "garbage:1")) != nil }
+        }
+        #expect(isDead)
+        let letter = try #require(try await dead.show(jobID: "garbage:1"))
+        #expect(letter.reason == "invalid result")
+        #expect(letter.error.contains("over the limit"))
+        #expect(letter.attempts == 1)
+        #expect(try await store.session(id)?.state == ["count": 0, "inputs": []], "the state is untouched")
+    }
+
+    @Test func cancelDropsQueuedStepsAndRefusesLaterSubmits() async throws {
+        let id = try SessionID("cancel")
+        for n in 0..<3 { _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: ["n": .number(Double(n))])) }
+        let result = try #require(try await dispatcher.cancel(id, reason: "user left"))
+        #expect(result.dropped == 3)
+        #expect(result.running == nil)
+        #expect(try await dispatcher.cancel(id, reason: "again") == nil, "cancelling twice changes nothing")
+        let s = try #require(try await store.session(id))
+        #expect(s.status == .cancelled && s.cancelReason == "user left" && s.queued == 0)
+        #expect(try await conn.send(["LLEN", RedisArgument(keys.ready)]).int == 0)
+        let cancelled = try #require(try await events(id).first { $0.type == "session.cancelled" })
+        #expect(cancelled.fields["reason"] == "user left")
+        await #expect(throws: StepwiseError.self) {
+            _ = try await dispatcher.submit(Submission(session: id, input: 1))
+        }
+        await #expect(throws: StepwiseError.self) {
+            _ = try await dispatcher.cancel(try SessionID("nobody"), reason: "x")
+        }
+    }
+
+    @Test func aRunningStepIsCancelledWithItsSession() async throws {
+        let id = try SessionID("running")
+        _ = try await dispatcher.submit(Submission(session: id, agent: "fault", input: ["n": 1, "fault": "hang", "ms": 30_000]))
+        _ = try await dispatcher.submit(Submission(session: id, input: ["n": 2]))
+        let stopped = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config()) {
+            let started = await eventually(timeout: .seconds(10)) { (try? await store.session(id))?.status == .running }
+            #expect(started)
+            _ = try await dispatcher.cancel(id, reason: "stop")
+            // The worker's cancel watch runs every 500 ms; 10 s leaves room for a loaded machine.
+            return await eventually(timeout: .seconds(10), interval: .milliseconds(20)) {
+                (try? await events(id))?.contains { $0.type == "step.cancelled" } == true
+            }
+        }
+        #expect(stopped)
+        let types = try await events(id).map(\.type)
+        #expect(!types.contains("step.completed"))
+        #expect(types.filter { $0 == "step.started" }.count == 1, "the queued step never runs")
+        #expect(try await store.session(id)?.queued == 0)
+    }
+
+    @Test func touchExtendsAnIdleSessionAndExpiryRemovesEveryKeyAndIndexEntry() async throws {
+        let id = try SessionID("ttl")
+        _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1, ttl: .seconds(1)))
+        let pttl = try await conn.send(["PTTL", RedisArgument(keys.session(id))]).int ?? -1
+        #expect((1000...2100).contains(pttl), "expires between ttl and ttl + 1 s: \(pttl)")
+        let expiry = try #require(try await dispatcher.touch(id, ttl: .seconds(60)))
+        #expect(expiry > Dispatcher.nowMillis() + 59_000)
+        #expect((try await conn.send(["PTTL", RedisArgument(keys.events(id))]).int ?? -1) > 59_000, "every key gets the same expiry")
+        _ = try await dispatcher.touch(id, ttl: .seconds(1))
+        let gone = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config()) {
+            await eventually(timeout: .seconds(15), interval: .milliseconds(100)) {
+                let found = try? await conn.send(["SCAN", 0, "MATCH", RedisArgument(keys.session(id) + "*"), "COUNT", 1000])
+                let index = try? await conn.send(["ZSCORE", RedisArgument(keys.sessions), RedisArgument(id.rawValue)])
+                return found?.array?.last?.array?.isEmpty == true && index?.isNull == true
+            }
+        }
+        #expect(gone, "keys expired and the sweep removed the index entry")
+        #expect(try await conn.send(["ZSCORE", RedisArgument(keys.expiry), RedisArgument(id.rawValue)]).isNull)
+        await #expect(throws: StepwiseError.self) { _ = try await dispatcher.touch(id) }
+    }
+}
