@@ -54,7 +54,10 @@ struct SubmitCommand: AsyncParsableCommand {
         if let maxAttempts, !(1...1000).contains(maxAttempts) {
             throw ValidationError("--max-attempts must be 1-1000, got \(maxAttempts)")
         }
-        _ = try parsedInput()
+        let size = try parsedInput().jsonString.utf8.count
+        guard size <= maxInputBytes else {
+            throw ValidationError("--input is \(size) bytes, over the limit of \(maxInputBytes) bytes: send less, or raise --max-input-bytes")
+        }
         _ = try parsedOptions()
         if let idempotencyKey, idempotencyKey.isEmpty || idempotencyKey.utf8.count > 200 {
             throw ValidationError("--idempotency-key must be 1-200 bytes")

@@ -118,6 +118,18 @@ struct EndToEndTests {
         (["watch", "s", "--from", "yesterday"], "--from"),
         (["status", "s", "--redis", "http://x"], "--redis"),
         (["sessions", "--limit", "0"], "--limit"),
+        // A 1 MB id cannot pass through argv (128 KiB per argument); SessionIDTests covers it.
+        (["submit", "--session", String(repeating: "x", count: 100_000), "--agent", "echo"], "invalid session id"),
+        (["submit", "--agent", "echo", "--max-input-bytes", "100", "--input", "\"" + String(repeating: "y", count: 200) + "\""], "over the limit"),
+        (["submit", "--agent", "echo", "--ttl", "0.5"], "--ttl"),
+        (["submit", "--agent", "echo", "--max-attempts", "0"], "--max-attempts"),
+        (["worker", "--max-attempts", "0"], "--max-attempts"),
+        (["worker", "--retry-delay", "2", "--max-retry-delay", "1"], "--max-retry-delay"),
+        (["worker", "--max-active-sessions", "-1"], "--max-active-sessions"),
+        (["cancel", "a b"], "invalid session id"),
+        (["touch", "s", "--ttl", "-1"], "--ttl"),
+        (["dead", "show", "nojob"], "not a job id"),
+        (["dead", "retry", "s:0"], "not a job id"),
         (["bogus"], "Unexpected argument"),
     ])
     func badInputGetsOneClearLineAndNonZeroExit(_ args: [String], _ expected: String) async throws {
@@ -125,6 +137,21 @@ struct EndToEndTests {
         #expect(r.status != 0)
         let first = r.stderr.split(separator: "\n").first.map(String.init) ?? ""
         #expect(first.contains(expected), "stderr: \(r.stderr)")
+    }
+
+    @Test func invalidUTF8ArgumentsAreRejectedBeforeAnythingRuns() async throws {
+        let binary = try #require(TestRedis.binary)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        // printf makes the raw byte 0xFF, which no Swift String can hold.
+        process.arguments = ["-c", #""$0" submit --agent echo --input "$(printf '"\377"')" 2>&1"#, binary]
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        process.waitUntilExit()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus == 64)
+        #expect(text.contains("not valid UTF-8"), "\(text)")
     }
 
     @Test func unreachableRedisIsOneLineNamingTheAddress() async throws {
@@ -139,8 +166,11 @@ struct EndToEndTests {
     }
 
     @Test func helpOnEveryCommand() async throws {
-        for command in ["worker", "submit", "watch", "status", "sessions", "queue", "loadtest"] {
-            let r = try await runBinary([command, "--help"])
+        for command in [
+            ["worker"], ["submit"], ["watch"], ["status"], ["sessions"], ["queue"], ["loadtest"], ["cancel"], ["touch"],
+            ["dead"], ["dead", "list"], ["dead", "show"], ["dead", "retry"], ["dead", "purge"],
+        ] {
+            let r = try await runBinary(command + ["--help"])
             #expect(r.status == 0)
             #expect(r.stdout.contains("USAGE"), "\(command) --help")
         }

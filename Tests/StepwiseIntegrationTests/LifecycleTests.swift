@@ -109,6 +109,20 @@ struct LifecycleTests {
         #expect(try await store.session(id)?.state == ["count": 0, "inputs": []], "the state is untouched")
     }
 
+    @Test func badInputIsRejectedAtSubmitAndWritesNothing() async throws {
+        let id = try SessionID("big")
+        let big = JSONValue.string(String(repeating: "z", count: 300 * 1024))
+        await #expect(throws: StepwiseError.self) { _ = try await dispatcher.submit(Submission(session: id, agent: "echo", input: big)) }
+        await #expect(throws: StepwiseError.self) { _ = try await dispatcher.submit(Submission(session: id, agent: "nope", input: 1)) }
+        await #expect(throws: StepwiseError.self) { _ = try await dispatcher.submit(Submission(session: id, input: 1)) }
+        // A batch with one bad submission sends none of them.
+        await #expect(throws: StepwiseError.self) {
+            _ = try await dispatcher.submit([Submission(session: id, agent: "echo", input: 1), Submission(session: id, agent: "echo", input: big)])
+        }
+        #expect(try await store.session(id) == nil)
+        #expect(try await conn.send(["EXISTS", RedisArgument(keys.inbox(id)), RedisArgument(keys.events(id))]).int == 0)
+    }
+
     @Test func cancelDropsQueuedStepsAndRefusesLaterSubmits() async throws {
         let id = try SessionID("cancel")
         for n in 0..<3 { _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: ["n": .number(Double(n))])) }
