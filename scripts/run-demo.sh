@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make run: a local redis-server (unless REDIS_URL is set), 2 worker processes, one quiz
-# session followed live, its final state, then everything started here is stopped.
+# make run: a local redis-server (unless REDIS_URL is set), 2 worker processes with a pool-wide
+# limit of 2 active sessions, one quiz session followed live next to 3 busy `sleep` sessions,
+# the final state, then everything started here is stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="$(swift build -c release --show-bin-path)/stepwise"
@@ -23,8 +24,13 @@ for i in 1 2; do
   pids+=($!)
 done
 session="quiz-$(date +%s)"
-echo "== submitting a quiz session: $session"
+echo "== submitting a quiz session ($session) and 3 sleep sessions; at most 2 sessions run at once"
 "$bin" submit --session "$session" --agent quiz --option ms=300 --input '{"topic":"Redis Streams","questions":4}'
+for i in 1 2 3; do
+  "$bin" submit --session "$session-sleep-$i" --agent sleep --input '{"ms":700}' > /dev/null
+done
+sleep 0.3
+"$bin" queue | grep -E '^(ready|parked)'
 echo "== live progress (stepwise watch $session)"
 "$bin" watch "$session"
 echo "== final state (stepwise status $session)"
