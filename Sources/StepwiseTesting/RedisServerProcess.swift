@@ -102,9 +102,23 @@ public final class RedisServerProcess: Sendable {
         try await launch()
     }
 
-    /// Stops the server (SIGTERM, then SIGKILL) and removes its directory.
+    /// Stops the server (`SHUTDOWN NOSAVE`, then SIGKILL after 5 s) and removes its directory.
+    ///
+    /// - Note: It does not rely on SIGTERM: children of the test process inherit its signal mask,
+    ///   in which SIGTERM is blocked, and redis-server handles SIGTERM with a plain signal handler,
+    ///   so it would never see it.
     public func stop() async {
-        if let child = process { _ = await child.stop(timeout: .seconds(5)) }
+        if let child = process, child.isRunning {
+            let conn = RedisConnection(
+                configuration: .init(endpoint: endpoint, connectTimeout: .milliseconds(500), commandTimeout: .seconds(2)),
+                logger: Logger(label: "test.redis-stop", factory: { _ in SwiftLogNoOpLogHandler() }))
+            _ = try? await conn.send(["SHUTDOWN", "NOSAVE"])
+            await conn.close()
+            if await child.wait(timeout: .seconds(5)) == nil {
+                child.signal(SIGKILL)
+                _ = await child.wait(timeout: .seconds(5))
+            }
+        }
         current.withLock { $0 = nil }
         terminate()
     }

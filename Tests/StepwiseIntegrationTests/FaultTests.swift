@@ -182,7 +182,14 @@ struct FaultTests {
         let reads: [[RedisArgument]] = sessions.flatMap { id in
             [["HGET", RedisArgument(keys.session(id)), "steps"], ["LLEN", RedisArgument(keys.inbox(id))]]
         }
-        let snapshot = try await atomically(conn, reads + [["HGET", RedisArgument(keys.stats), "committed"]])
+        // The test's own connection lost its socket too: its next command fails once, then reconnects.
+        var snapshot: [RESPValue] = []
+        let readable = await eventually(timeout: .seconds(10)) {
+            guard let s = try? await atomically(conn, reads + [["HGET", RedisArgument(keys.stats), "committed"]]) else { return false }
+            snapshot = s
+            return true
+        }
+        try #require(readable, "the restarted server answers: \(server.log.suffix(1500))")
         for (n, id) in sessions.enumerated() {
             let applied = snapshot[2 * n].int ?? 0
             let queued = snapshot[2 * n + 1].int ?? 0
@@ -627,8 +634,10 @@ private func maxOverlap(_ events: [StepEvent]) -> Int {
 /// command or flag the case needs, instead of letting the case wait out its timeouts.
 private func requireCLI(_ command: [String], mentions flags: [String]) async throws -> Bool {
     let help = try await runBinary(command + ["--help"])
+    // An unknown subcommand's --help prints the parent's help and exits 0: look for our usage line.
+    let known = help.stdout.contains("stepwise " + command.joined(separator: " "))
     let missing = flags.filter { !help.stdout.contains($0) }
-    guard help.status == 0, missing.isEmpty else {
+    guard help.status == 0, known, missing.isEmpty else {
         let what = (command + missing).joined(separator: " ")
         Issue.record(
             "the built stepwise lacks `\(what)` (exit \(help.status) for --help): this case needs the engine with that feature")
