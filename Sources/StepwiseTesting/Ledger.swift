@@ -189,7 +189,8 @@ public enum Ledger {
         let n = got.map { $0["n"].map(\.jsonString) ?? $0.jsonString }
         let w = want.map { $0["n"].map(\.jsonString) ?? $0.jsonString }
         if let i = zip(got, want).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset {
-            return "first difference at index \(i): got \(got[i].jsonString), expected \(want[i].jsonString) (n got \(abbreviated(n)), expected \(abbreviated(w)))"
+            return "first difference at index \(i): got \(got[i].jsonString), expected \(want[i].jsonString) "
+                + "(n got \(abbreviated(n)), expected \(abbreviated(w)))"
         }
         return "got \(got.count) inputs, expected \(want.count) (n got \(abbreviated(n)), expected \(abbreviated(w)))"
     }
