@@ -228,8 +228,10 @@ struct FaultTests {
         try #require(halfway, "half the steps committed within 60 s: \(pool.logs())")
         #expect(await server.kill9(), "redis-server died on SIGKILL")
         #expect(await !server.ping())
-        // Redis stays down for a moment on purpose, so the workers' commands fail and they back off.
-        try await Task.sleep(for: .seconds(1))
+        // Redis stays down on purpose, longer than the 2 s heartbeat TTL: the workers' commands fail
+        // and back off, and their heartbeat keys lapse, so after the restart live workers may reap
+        // each other's jobs, and only the commit fencing keeps the ledger right.
+        try await Task.sleep(for: .milliseconds(2500))
         try await server.restart()
         let restartedAt = ContinuousClock.now
 
