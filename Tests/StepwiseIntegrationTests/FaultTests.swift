@@ -632,6 +632,80 @@ struct FaultTests {
             "[fault h] stale commits \(try await counter(conn, keys, "stale_commits")), reaped \(try await counter(conn, keys, "reaped")); "
                 + "case took \(ContinuousClock.now - clock)")
     }
+
+    // MARK: i. extra: restarted under the same worker id (what systemd's Restart= does)
+
+    @Test func i_workerRestartedUnderTheSameIDRecoversItsOwnInflightJob() async throws {
+        let clock = ContinuousClock.now
+        let keys = try TestRedis.uniqueKeys()
+        let conn = try TestRedis.connection(name: "fault-i")
+        let pool = WorkerPool(binary: try #require(TestRedis.binary), redisURL: try #require(TestRedis.url), namespace: keys.namespace)
+        defer { pool.killAll() }
+        let id = try SessionID("i-same-id")
+        let inputs: [JSONValue] = [["n": 1, "fault": "hang", "ms": 3000], ["n": 2]]
+        let receipts = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn)
+            .submit(inputs.map { Submission(session: id, agent: "fault", input: $0) })
+        let job = receipts[0].jobID
+        let first = try pool.start(id: "i-w1", concurrency: 1)
+        let started = await eventually(timeout: .seconds(30)) {
+            (try? await events(conn, keys, id))?.contains { $0.type == "step.started" && $0.jobID == job } == true
+        }
+        try #require(started, "the long step started: \(first.output.suffix(800))")
+        first.signal(SIGKILL)
+        let killedAt = ContinuousClock.now
+        #expect(await first.wait(timeout: .seconds(5)) != nil)
+        // Same id, at once: its heartbeat key is still alive, so no reaper steps in; the new
+        // process must notice the dead run's job in its own in-flight list.
+        try pool.start(id: "i-w1", concurrency: 1)
+        let rerun = await eventually(timeout: .seconds(30), interval: .milliseconds(20)) {
+            (try? await events(conn, keys, id))?.contains { $0.type == "step.started" && $0.jobID == job && $0.attempt == 2 } == true
+        }
+        #expect(rerun, "the job ran again within 30 s: \(pool.logs())")
+        print("[fault i] kill -9 and restart under the same id: second step.started after \(ContinuousClock.now - killedAt)")
+        let finished = await eventually(timeout: .seconds(30)) { await allSteps(conn, keys, [id], equal: 2) }
+        #expect(finished, "both steps committed: \(pool.logs())")
+        for (wid, status) in await pool.stopAll() where status != SIGKILL { #expect(status == 0, "\(wid) exits 0 on SIGTERM") }
+        let report = try await Ledger.check(keys: keys, conn: conn, sessions: [id], expected: [id: inputs])
+        #expect(report.isClean, "\(report)")
+        let mine = (report.events[id] ?? []).filter { $0.jobID == job }
+        #expect(mine.filter { $0.type == "step.started" }.map(\.attempt) == [1, 2], "\(mine.map { ($0.type, $0.attempt) })")
+        print("[fault i] case took \(ContinuousClock.now - clock)")
+    }
+
+    // MARK: j. extra: SIGTERM with a step that outlasts the grace period
+
+    @Test func j_sigtermPastTheGracePeriodHandsTheStepToAnotherWorker() async throws {
+        let clock = ContinuousClock.now
+        let keys = try TestRedis.uniqueKeys()
+        let conn = try TestRedis.connection(name: "fault-j")
+        let pool = WorkerPool(
+            binary: try #require(TestRedis.binary), redisURL: try #require(TestRedis.url), namespace: keys.namespace,
+            workerArguments: ["--heartbeat-ttl", "2", "--reaper-interval", "0.5", "--grace", "1"])
+        defer { pool.killAll() }
+        let id = try SessionID("j-grace")
+        let inputs: [JSONValue] = [["n": 1, "fault": "hang", "ms": 3000], ["n": 2]]
+        let receipts = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn)
+            .submit(inputs.map { Submission(session: id, agent: "fault", input: $0) })
+        let job = receipts[0].jobID
+        let leaving = try pool.start(id: "j-w1", concurrency: 1)
+        let started = await eventually(timeout: .seconds(30)) {
+            (try? await events(conn, keys, id))?.contains { $0.type == "step.started" && $0.jobID == job } == true
+        }
+        try #require(started, "the long step started: \(leaving.output.suffix(800))")
+        try pool.start(id: "j-w2", concurrency: 1)
+        leaving.signal(SIGTERM)
+        let status = await leaving.wait(timeout: .seconds(15))
+        #expect(status == 0, "exits 0 after cancelling the step at the end of its 1 s grace: \(leaving.output.suffix(1500))")
+        let finished = await eventually(timeout: .seconds(30)) { await allSteps(conn, keys, [id], equal: 2) }
+        #expect(finished, "the other worker ran the released step and the next: \(pool.logs())")
+        #expect(await pool.stopAll()["j-w2"] == 0)
+        let report = try await Ledger.check(keys: keys, conn: conn, sessions: [id], expected: [id: inputs])
+        #expect(report.isClean, "\(report)")
+        let mine = (report.events[id] ?? []).filter { $0.jobID == job }
+        #expect(mine.contains { $0.type == "step.released" && $0.fields["reason"] == "cancelled" }, "\(mine.map(\.type))")
+        #expect(mine.filter { $0.type == "step.started" }.map(\.attempt) == [1, 2], "\(mine.map { ($0.type, $0.attempt) })")
+        print("[fault j] case took \(ContinuousClock.now - clock)")
+    }
 }
 
 // MARK: - Helpers
