@@ -124,9 +124,11 @@ public final class RedisServerProcess: Sendable {
     }
 
     /// Backstop for `defer`: SIGKILLs every server process this object started that still runs,
-    /// and removes the directory. Synchronous and idempotent.
+    /// and removes the directory and the server's log files. Synchronous and idempotent.
     public func terminate() {
-        for child in started.withLock({ $0 }) where child.isRunning { child.signal(SIGKILL) }
+        let children = started.withLock { $0 }
+        for child in children where child.isRunning { child.signal(SIGKILL) }
+        for child in children { try? FileManager.default.removeItem(atPath: child.logPath) }
         try? FileManager.default.removeItem(atPath: directory)
     }
 

@@ -93,12 +93,14 @@ public final class WorkerPool: Sendable {
     }
 
     /// Backstop for `defer`: SIGCONT (in case a test stopped it) and SIGKILL every worker still
-    /// running. Synchronous and idempotent.
+    /// running, then delete the workers' log files (failure messages already quote them).
+    /// Synchronous and idempotent.
     public func killAll() {
         for member in all where member.process.isRunning {
             member.process.signal(SIGCONT)
             member.process.signal(SIGKILL)
         }
+        for member in all { try? FileManager.default.removeItem(atPath: member.process.logPath) }
     }
 
     /// The logs of every worker started, headed by their ids (for failure messages).
