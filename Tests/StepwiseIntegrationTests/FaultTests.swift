@@ -10,9 +10,12 @@ import Testing
 /// ledger check (``Ledger``): each accepted step applied exactly once, in submission order, with
 /// complete events, and no in-flight list left holding anything.
 ///
-/// Cases a, b, c and h need only today's engine. Cases d, e, f and g test the engine being built
-/// (dead letters, cancel, idle expiry with index sweeping, the active-session limit); on a binary
-/// without it they fail fast with a recorded issue naming the missing command or flag.
+/// Cases a, b, c and h need only today's engine, and so do the extras: i (restart under the same
+/// worker id), j (SIGTERM past the grace period), k (rolling kill -9) and a test that the ledger
+/// check itself catches violations. Cases d, e, f and g test the engine being built (dead
+/// letters, cancel, idle expiry with index sweeping, the active-session limit); on a binary
+/// without it, d, e and g fail at once with a recorded issue naming the missing command or flag,
+/// and f fails on `touch` and on the index entry that is never swept.
 ///
 /// Workers run with fast settings (`--heartbeat-ttl 2 --reaper-interval 0.5 --grace 5`), and
 /// workloads are small, so the whole suite stays within a few minutes on 2 cores.
