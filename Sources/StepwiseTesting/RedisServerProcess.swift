@@ -1,0 +1,206 @@
+import Foundation
+import Logging
+import StepwiseRedis
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A failure of the test-support helpers themselves (a server that never came up, a missing
+/// binary): never an engine result.
+public struct TestSupportError: Error, Sendable, CustomStringConvertible {
+    /// What went wrong.
+    public var message: String
+
+    /// Creates an error with a message.
+    public init(_ message: String) { self.message = message }
+
+    public var description: String { message }
+}
+
+/// A private `redis-server` for tests that must crash or restart Redis without touching the shared
+/// test server: loopback only, a free port, its own temporary directory, append-only file on.
+///
+/// It runs in the foreground (`--daemonize no`) as a ``ChildProcess``, so the test owns its pid.
+/// ``kill9()`` and ``restart()`` simulate a crash and a restart on the same port and directory;
+/// ``stop()`` ends it and removes the directory. Call ``terminate()`` in a `defer` as a backstop:
+/// it never leaves the server behind, even when a test fails half-way.
+///
+/// The settings follow `scripts/redis-local.sh`: `--appendonly yes --appendfsync everysec
+/// --save '' --maxmemory-policy noeviction`. With `everysec`, an acknowledged write is in the
+/// AOF file (written, not yet fsynced) before the reply is sent, so a `kill -9` of the server
+/// process (unlike a power loss) loses nothing acknowledged.
+public final class RedisServerProcess: Sendable {
+    /// The TCP port on 127.0.0.1.
+    public let port: Int
+    /// The data directory (AOF lives in `appendonlydir/` below it).
+    public let directory: String
+    /// The `redis-server` executable.
+    public let binary: String
+    private let current = Mutex<ChildProcess?>(nil)
+    /// Every server process started, for the backstop kill.
+    private let started = Mutex<[ChildProcess]>([])
+
+    /// `redis://127.0.0.1:<port>`.
+    public var url: String { "redis://127.0.0.1:\(port)" }
+
+    /// The endpoint of this server.
+    public var endpoint: RedisEndpoint { RedisEndpoint(address: .tcp(host: "127.0.0.1", port: port)) }
+
+    /// The running server process, if any.
+    public var process: ChildProcess? { current.withLock { $0 } }
+
+    private init(port: Int, directory: String, binary: String) {
+        self.port = port
+        self.directory = directory
+        self.binary = binary
+    }
+
+    /// Starts a server on a free loopback port in a new temporary directory and waits until it
+    /// answers `PING`.
+    ///
+    /// - Parameter binary: the `redis-server` path; by default `$STEPWISE_REDIS_SERVER`, else the
+    ///   first `redis-server` on `$PATH`, else `/usr/bin/redis-server`.
+    /// - Throws: ``TestSupportError`` when no port is free or the server does not answer in 10 s.
+    public static func start(binary: String? = nil) async throws -> RedisServerProcess {
+        let executable = binary ?? locateBinary()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stepwise-redis-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let port = try freeLoopbackPort()
+        let server = RedisServerProcess(port: port, directory: dir, binary: executable)
+        do {
+            try await server.launch()
+        } catch {
+            server.terminate()
+            throw error
+        }
+        return server
+    }
+
+    /// Kills the server with SIGKILL (a crash: no shutdown save, no AOF rewrite) and waits until
+    /// the process is gone.
+    ///
+    /// - Returns: whether the process exited within 5 s.
+    @discardableResult
+    public func kill9() async -> Bool {
+        guard let child = process else { return true }
+        child.signal(SIGKILL)
+        let gone = await child.wait(timeout: .seconds(5)) != nil
+        if gone { current.withLock { $0 = nil } }
+        return gone
+    }
+
+    /// Starts the server again on the same port and directory (it loads its AOF) and waits until
+    /// it answers `PING` (not `LOADING`).
+    ///
+    /// - Throws: ``TestSupportError`` when it is still running or does not answer in 10 s.
+    public func restart() async throws {
+        if let child = process, child.isRunning { throw TestSupportError("redis-server on port \(port) still runs") }
+        try await launch()
+    }
+
+    /// Stops the server (`SHUTDOWN NOSAVE`, then SIGKILL after 5 s) and removes its directory.
+    ///
+    /// - Note: It does not rely on SIGTERM: children of the test process inherit its signal mask,
+    ///   in which SIGTERM is blocked, and redis-server handles SIGTERM with a plain signal handler,
+    ///   so it would never see it.
+    public func stop() async {
+        if let child = process, child.isRunning {
+            let conn = RedisConnection(
+                configuration: .init(endpoint: endpoint, connectTimeout: .milliseconds(500), commandTimeout: .seconds(2)),
+                logger: Logger(label: "test.redis-stop", factory: { _ in SwiftLogNoOpLogHandler() }))
+            _ = try? await conn.send(["SHUTDOWN", "NOSAVE"])
+            await conn.close()
+            if await child.wait(timeout: .seconds(5)) == nil {
+                child.signal(SIGKILL)
+                _ = await child.wait(timeout: .seconds(5))
+            }
+        }
+        current.withLock { $0 = nil }
+        terminate()
+    }
+
+    /// Backstop for `defer`: SIGKILLs every server process this object started that still runs,
+    /// and removes the directory and the server's log files. Synchronous and idempotent.
+    public func terminate() {
+        let children = started.withLock { $0 }
+        for child in children where child.isRunning { child.signal(SIGKILL) }
+        for child in children { try? FileManager.default.removeItem(atPath: child.logPath) }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// Whether the server answers `PING` with `PONG` right now (a fresh connection, 500 ms timeouts).
+    public func ping() async -> Bool {
+        let conn = RedisConnection(
+            configuration: .init(
+                endpoint: endpoint, connectTimeout: .milliseconds(500), commandTimeout: .seconds(1),
+                clientName: "test-probe"),
+            logger: Logger(label: "test.redis-probe", factory: { _ in SwiftLogNoOpLogHandler() }))
+        let reply = try? await conn.send(["PING"])
+        await conn.close()
+        return reply?.string == "PONG"
+    }
+
+    /// The server's log so far (its stdout and stderr).
+    public var log: String { started.withLock { $0 }.map(\.output).joined(separator: "\n--- restart ---\n") }
+
+    private func launch() async throws {
+        let child = try ChildProcess(
+            binary: binary,
+            arguments: [
+                "--port", "\(port)", "--bind", "127.0.0.1", "--protected-mode", "yes", "--dir", directory,
+                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction",
+                "--daemonize", "no",
+            ])
+        started.withLock { $0.append(child) }
+        current.withLock { $0 = child }
+        let up = await eventually(timeout: .seconds(10), interval: .milliseconds(50)) {
+            guard child.isRunning else { return true }
+            return await ping()
+        }
+        guard up, child.isRunning else {
+            child.signal(SIGKILL)
+            throw TestSupportError("redis-server did not answer on 127.0.0.1:\(port): \(child.output.suffix(1000))")
+        }
+    }
+
+    /// `$STEPWISE_REDIS_SERVER`, else the first `redis-server` on `$PATH`, else `/usr/bin/redis-server`.
+    public static func locateBinary() -> String {
+        let env = ProcessInfo.processInfo.environment
+        if let explicit = env["STEPWISE_REDIS_SERVER"], !explicit.isEmpty { return explicit }
+        for dir in (env["PATH"] ?? "").split(separator: ":") {
+            let candidate = "\(dir)/redis-server"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return "/usr/bin/redis-server"
+    }
+
+    /// A TCP port on 127.0.0.1 that was free a moment ago: bind port 0, read the port the kernel
+    /// chose, close.
+    public static func freeLoopbackPort() throws -> Int {
+        #if canImport(Glibc)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #else
+        let fd = socket(AF_INET, SOCK_STREAM, 0)
+        #endif
+        guard fd >= 0 else { throw TestSupportError("socket() failed: errno \(errno)") }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = 0
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else { throw TestSupportError("bind(127.0.0.1:0) failed: errno \(errno)") }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else { throw TestSupportError("getsockname failed: errno \(errno)") }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+}
