@@ -215,7 +215,7 @@ enum Scripts {
     ///
     /// KEYS: ready, inflight. ARGV: prefix, worker, now, maxlen, jid, holder, outcome, state,
     /// payload (next input, result, reason or error), fetch next ('1'|'0'), active limit,
-    /// retry delay ms, dead-letter reason.
+    /// retry delay ms, dead-letter reason, attempts to record on a dead letter ('' = this one).
     /// Returns `{'ok'|'retry'|'dead'|'cancelled'|'stale', event id, version, next claim or nil}`.
     static let commit = RedisScript(
         name: "commit",
@@ -246,6 +246,7 @@ enum Scripts {
                   'attempt', attempt, 'time', now, 'delay', delay, 'error', ARGV[9])
                 result = {'retry', eid, tonumber(cur[2])}
               elseif outcome == 'dead' then
+                if ARGV[14] and ARGV[14] ~= '' then attempt = ARGV[14] end
                 redis.call('HSET', k.session, 'holder', '', 'status', 'failed', 'active', now, 'blocked', jid,
                   'dead_reason', ARGV[13], 'dead_error', ARGV[9], 'dead_attempts', attempt, 'dead_at', now)
                 redis.call('ZADD', P .. 'dead', now, sid)
@@ -299,10 +300,11 @@ enum Scripts {
             """#)
 
     /// Puts one in-flight job back at the front of `ready` without committing, if the caller
-    /// still holds the session (graceful shutdown of an unfinished step). The delivery does not
-    /// count as an attempt.
+    /// still holds the session (graceful shutdown of an unfinished step, or an orphan). A
+    /// graceful release does not count the delivery as an attempt.
     ///
-    /// KEYS: ready, inflight. ARGV: prefix, jid, holder, now, maxlen, reason, active limit.
+    /// KEYS: ready, inflight. ARGV: prefix, jid, holder, now, maxlen, reason, active limit,
+    /// uncount ('1': the delivery does not count as an attempt).
     /// Returns 1 when released, 0 when the hold was already lost.
     static let release = RedisScript(
         name: "release",
@@ -316,8 +318,9 @@ enum Scripts {
             if s[1] ~= holder or redis.call('LINDEX', k.inbox, 0) ~= jid then return 0 end
             free_slot(P, sid, ARGV[7])
             local attempt = redis.call('HGET', k.jobs, seq .. ':a') or '0'
-            if holder ~= '' then
-              -- The claim counted this delivery; an unfinished release does not.
+            if holder ~= '' and ARGV[8] == '1' then
+              -- A graceful release (shutdown) gives back a delivery the claim counted. An orphan
+              -- release does not: its run may have crashed with a previous process.
               redis.call('HINCRBY', k.jobs, seq .. ':a', -1)
             end
             if s[3] then

@@ -292,6 +292,8 @@ public final class Worker: Service, Sendable {
         var payload: String
         var retryDelay: Duration = .zero
         var deadReason: String = ""
+        /// Attempts to record on a dead letter, when not this delivery's number.
+        var attempts: Int?
     }
 
     /// Runs one claimed step and commits it; returns the next claim when the commit brought one.
@@ -311,10 +313,11 @@ public final class Worker: Service, Sendable {
         if job.attempt > maxAttempts {
             // Delivered more often than allowed without ever finishing: the step kills or hangs
             // its worker. Never run it again.
+            // This delivery is not run, so the dead letter records the ones that were.
             outcome = Outcome(
                 kind: "dead", state: job.state,
-                payload: "delivered \(job.attempt) times; the worker died or was stopped during each of the last \(job.attempt - 1)",
-                deadReason: "poison")
+                payload: "delivered \(job.attempt - 1) times without finishing: the worker died or was stopped during each",
+                deadReason: "poison", attempts: job.attempt - 1)
         } else {
             outcome = try await run(job, agent: agent, maxAttempts: maxAttempts, claim: claim, conn: conn, logger: log)
         }
@@ -438,6 +441,7 @@ public final class Worker: Service, Sendable {
                 RedisArgument(outcome.kind), RedisArgument(outcome.state), RedisArgument(outcome.payload),
                 fetchNext ? "1" : "0", RedisArgument(configuration.maxActiveSessions),
                 RedisArgument(outcome.retryDelay.milliseconds), RedisArgument(outcome.deadReason),
+                RedisArgument(outcome.attempts.map(String.init) ?? ""),
             ])
         try reply.throwingServerError()
         guard let parts = reply.array, let status = parts.first?.string else {
@@ -462,7 +466,7 @@ public final class Worker: Service, Sendable {
             arguments: [
                 RedisArgument(keys.prefix), RedisArgument(job.jobID), RedisArgument(job.holder),
                 RedisArgument(Dispatcher.nowMillis()), RedisArgument(configuration.eventsMaxLength),
-                RedisArgument(reason), RedisArgument(configuration.maxActiveSessions),
+                RedisArgument(reason), RedisArgument(configuration.maxActiveSessions), "1",
             ])
     }
 
@@ -664,7 +668,7 @@ public final class Worker: Service, Sendable {
                 arguments: [
                     RedisArgument(keys.prefix), RedisArgument(jid), RedisArgument(holder),
                     RedisArgument(Dispatcher.nowMillis()), RedisArgument(configuration.eventsMaxLength), "orphan",
-                    RedisArgument(configuration.maxActiveSessions),
+                    RedisArgument(configuration.maxActiveSessions), "0",
                 ])
             logger.info("released an orphaned in-flight job", metadata: [LogKeys.jobID: .string(jid)])
         }

@@ -520,7 +520,8 @@ struct FaultTests {
         // Touch before expiry: the TTL grows back, and the session outlives its original expiry.
         func pttl() async throws -> Int { try await conn.send(["PTTL", RedisArgument(keys.session(id))]).int ?? -3 }
         var before = try await pttl()
-        #expect((1...2000).contains(before), "a 2 s idle TTL is set (PTTL \(before))")
+        // Expiry is set TTL + min(TTL/10 (at least 1 s), 60 s) after a refresh: never early.
+        #expect((1...3100).contains(before), "a 2 s idle TTL (+ 1 s refresh slack) is set (PTTL \(before))")
         _ = await eventually(timeout: .seconds(3), interval: .milliseconds(20)) {
             before = (try? await pttl()) ?? -3
             return before < 1200
@@ -709,7 +710,8 @@ struct FaultTests {
         #expect(report.isClean, "\(report)")
         let mine = (report.events[id] ?? []).filter { $0.jobID == job }
         #expect(mine.contains { $0.type == "step.released" && $0.fields["reason"] == "cancelled" }, "\(mine.map(\.type))")
-        #expect(mine.filter { $0.type == "step.started" }.map(\.attempt) == [1, 2], "\(mine.map { ($0.type, $0.attempt) })")
+        // A release at shutdown gives the delivery back: the rerun is attempt 1 again.
+        #expect(mine.filter { $0.type == "step.started" }.map(\.attempt) == [1, 1], "\(mine.map { ($0.type, $0.attempt) })")
         print("[fault j] case took \(ContinuousClock.now - clock)")
     }
 
