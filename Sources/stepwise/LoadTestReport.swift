@@ -17,6 +17,9 @@ struct RoundResult: Sendable {
     var p50: UInt64 = 0, p90: UInt64 = 0, p99: UInt64 = 0, max: UInt64 = 0
     /// Latency minus the simulated step time (ms).
     var overheadP50: UInt64 = 0, overheadP99: UInt64 = 0
+    /// The committing run's `step.started` to its step end, minus the simulated step time (ms):
+    /// the part of the overhead spent inside the worker (agent, commit), without queueing.
+    var claimToCommitOverheadP50: UInt64 = 0, claimToCommitOverheadP99: UInt64 = 0
     var redisCommandsPerSecond = 0.0
     /// Fractions of one core.
     var redisCPU = 0.0
@@ -39,6 +42,7 @@ struct RoundResult: Sendable {
             "stepsPerSecond": n(stepsPerSecond), "scalingEfficiency": n(scalingEfficiency, 1000),
             "latencyMs": ["p50": u(p50), "p90": u(p90), "p99": u(p99), "max": u(max)],
             "overheadMs": ["p50": u(overheadP50), "p99": u(overheadP99)],
+            "claimToCommitOverheadMs": ["p50": u(claimToCommitOverheadP50), "p99": u(claimToCommitOverheadP99)],
             "redisCommandsPerSecond": n(redisCommandsPerSecond), "redisCPU": n(redisCPU, 1000),
             "workersCPU": workersCPU.map { n($0, 1000) } ?? .null,
             "kills": n(Double(kills)), "recoveredSteps": n(Double(recoveredSteps)), "sessionsHit": n(Double(sessionsHit)),
@@ -93,14 +97,14 @@ enum LoadTestReport {
     }
 
     static func tableHeader(kills: Bool) -> String {
-        "workers  steps/s  vs-linear  p50ms  p90ms  p99ms  maxms  overhead-p50ms  redis-cmd/s  redis-cpu%  workers-cpu%"
+        "workers  steps/s  vs-linear  p50ms  p90ms  p99ms  maxms  overhead-p50ms  in-worker-p50ms  redis-cmd/s  redis-cpu%  workers-cpu%"
             + (kills ? "  kills  recovered  recovery-max-ms" : "") + "  errors"
     }
 
     static func tableRow(_ r: RoundResult, kills: Bool) -> String {
         var cols = [
             pad(r.workers, 7), pad(Int(r.stepsPerSecond.rounded()), 7), pad(String(format: "%.2f", r.scalingEfficiency), 9),
-            pad(r.p50, 5), pad(r.p90, 5), pad(r.p99, 5), pad(r.max, 5), pad(r.overheadP50, 14), pad(Int(r.redisCommandsPerSecond), 11),
+            pad(r.p50, 5), pad(r.p90, 5), pad(r.p99, 5), pad(r.max, 5), pad(r.overheadP50, 14), pad(r.claimToCommitOverheadP50, 15), pad(Int(r.redisCommandsPerSecond), 11),
             pad(Int(r.redisCPU * 100), 10), pad(r.workersCPU.map { String(Int($0 * 100)) } ?? "-", 12),
         ]
         if kills {

@@ -20,7 +20,7 @@ struct LoadTestRound {
         var pool: LoadTestWorkerPool?
         if !params.external {
             var args = [
-                "--namespace", keys.namespace, "--concurrency", String(params.concurrency), "--log-level", "error",
+                "--namespace", keys.namespace, "--concurrency", String(params.concurrency), "--log-level", connection.logLevel ?? "error",
                 "--events-max-length", String(params.eventsMaxLength),
             ]
             if let ttl = params.heartbeatTTL { args += ["--heartbeat-ttl", String(ttl)] }
@@ -105,10 +105,19 @@ struct LoadTestRound {
         if !json { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
         let after = try await redisCounters()
         let cpuAfter = pool?.cpuSeconds ?? 0
+        var stuck: String?
+        if !finished {
+            // Say where the work stands, before the workers stop and hand their jobs back.
+            let q = try await SessionStore(connection: conn, keys: keys).queueInfo()
+            let ws = q.workers.map { "\($0.id) inflight \($0.inflight)\($0.alive ? "" : " DEAD")" }.joined(separator: ", ")
+            stuck = "ready \(q.ready), workers [\(ws)], stats \(q.stats.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))"
+        }
         await pool?.stopAll()
 
         var result = try await check(ids: ids, keys: keys, killedAt: pool?.killedAt ?? [:])
-        if !finished { result.errors.insert("time limit: \(total - done) of \(total) steps not committed", at: 0) }
+        if !finished {
+            result.errors.insert("time limit: \(total - done) of \(total) steps not committed (\(stuck ?? ""))", at: 0)
+        }
         if params.external {
             try await deleteSessions(ids, keys: keys)
         } else {
@@ -144,6 +153,7 @@ struct LoadTestRound {
         var latency = Histogram<UInt64>(highestTrackableValue: 3_600_000)
         var overhead = Histogram<UInt64>(highestTrackableValue: 3_600_000)
         var recovery = Histogram<UInt64>(highestTrackableValue: 3_600_000)
+        var inWorker = Histogram<UInt64>(highestTrackableValue: 3_600_000)
         var orderViolations = 0, duplicates = 0, missing = 0, incompleteStreams = 0, failedSteps = 0
         var recoveredSteps = 0, sessionsHit = 0
         for chunk in stride(from: 0, to: ids.count, by: 100) {
@@ -180,7 +190,14 @@ struct LoadTestRound {
                     if let worker = e.fields["worker"], let killed = killedAt[worker] { hit[e.jobID] = min(hit[e.jobID] ?? .max, killed) }
                 }
                 if !hit.isEmpty { sessionsHit += 1 }
+                // Claim-to-commit time of the run that committed, minus the simulated step time.
+                var startedAt: [String: Int64] = [:]
+                for e in events where e.type == "step.started" { startedAt["\(e.jobID)/\(e.attempt)"] = e.time }
                 for e in ends {
+                    if let started = startedAt["\(e.jobID)/\(e.attempt)"] {
+                        let ms = UInt64(max(0, e.time - started))
+                        _ = inWorker.record(ms > stepMs ? ms - stepMs : 0)
+                    }
                     if let killed = hit[e.jobID] { _ = recovery.record(UInt64(max(0, e.time - killed))) }
                     guard let submitted = e.fields["submitted"].flatMap({ Int64($0) }) else { continue }
                     let ms = UInt64(max(0, e.time - submitted))
@@ -202,6 +219,8 @@ struct LoadTestRound {
         r.max = latency.max
         r.overheadP50 = overhead.valueAtPercentile(50)
         r.overheadP99 = overhead.valueAtPercentile(99)
+        r.claimToCommitOverheadP50 = inWorker.valueAtPercentile(50)
+        r.claimToCommitOverheadP99 = inWorker.valueAtPercentile(99)
         r.orderViolations = orderViolations
         r.duplicates = duplicates
         r.missing = missing
