@@ -82,7 +82,7 @@ extension LoadTestCommand {
         let keys = try KeySpace(namespace: "\(connection.keys.namespace)-mem-\(runID)")
         let warmKeys = try KeySpace(namespace: "\(connection.keys.namespace)-memw-\(runID)")
         let pool = LoadTestWorkerPool(
-            arguments: ["--namespace", keys.namespace, "--concurrency", String(concurrency), "--log-level", "error"],
+            arguments: ["--namespace", keys.namespace, "--concurrency", String(concurrency), "--log-level", connection.logLevel ?? "error"],
             redisURL: connection.redisURL, idPrefix: "mem-\(runID)")
         for _ in 0..<2 { try pool.start() }
         let store = SessionStore(connection: conn, keys: keys)
