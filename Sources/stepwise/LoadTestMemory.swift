@@ -138,7 +138,10 @@ extension LoadTestCommand {
         let index = try await conn.send(["MEMORY", "USAGE", RedisArgument(keys.sessions), "SAMPLES", "0"]).int ?? 0
         result.indexShare = Double(index) / Double(count)
 
+        pool.collectUnexpectedExits()
+        result.errors += pool.unexpectedExits
         await pool.stopAll()
+        if result.errors.isEmpty { pool.removeLogs() } else { result.errors.append("worker logs in \(pool.logDirectory)") }
         try await LoadTestCleanup.deleteNamespace(keys, conn: conn)
         return result
     }

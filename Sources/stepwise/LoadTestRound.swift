@@ -73,6 +73,7 @@ struct LoadTestRound {
             if params.rate > 0, submitted < total {
                 try await submit(upTo: min(total, Int(params.rate * (now - start).inSeconds) + 1))
             }
+            pool?.collectUnexpectedExits()
             if let every = params.killEvery, let pool, now - lastKill >= every {
                 lastKill = now
                 if pool.killRandom() != nil {
@@ -105,6 +106,7 @@ struct LoadTestRound {
         if !json { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
         let after = try await redisCounters()
         let cpuAfter = pool?.cpuSeconds ?? 0
+        pool?.collectUnexpectedExits()
         var stuck: String?
         if !finished {
             // Say where the work stands, before the workers stop and hand their jobs back.
@@ -117,6 +119,14 @@ struct LoadTestRound {
         var result = try await check(ids: ids, keys: keys, killedAt: pool?.killedAt ?? [:])
         if !finished {
             result.errors.insert("time limit: \(total - done) of \(total) steps not committed (\(stuck ?? ""))", at: 0)
+        }
+        result.errors += pool?.unexpectedExits ?? []
+        if let pool {
+            if result.errors.isEmpty {
+                pool.removeLogs()
+            } else {
+                result.errors.append("worker logs in \(pool.logDirectory)")
+            }
         }
         if params.external {
             try await deleteSessions(ids, keys: keys)

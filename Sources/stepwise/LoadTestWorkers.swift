@@ -9,6 +9,7 @@ final class LoadTestWorkerPool {
     struct Child {
         var id: String
         var process: Process
+        var logPath: String
     }
 
     private let binary: String
@@ -21,6 +22,10 @@ final class LoadTestWorkerPool {
     private(set) var killedAt: [String: Int64] = [:]
     /// CPU seconds the killed processes had used when they were killed.
     private var killedCPU = 0.0
+    /// Where each worker's stdout and stderr go: `<tmp>/stepwise-loadtest-<idPrefix>/<worker id>.log`.
+    let logDirectory: String
+    /// Workers that exited although nobody stopped them, with their exit status and last log lines.
+    private(set) var unexpectedExits: [String] = []
 
     /// - Parameters:
     ///   - arguments: `worker` flags shared by every process (`--namespace`, `--concurrency`, ...).
@@ -31,6 +36,7 @@ final class LoadTestWorkerPool {
         baseArguments = arguments
         environment = ProcessInfo.processInfo.environment.merging(["REDIS_URL": redisURL]) { _, new in new }
         self.idPrefix = idPrefix
+        logDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("stepwise-loadtest-\(idPrefix)").path
     }
 
     deinit {
@@ -46,8 +52,38 @@ final class LoadTestWorkerPool {
         p.arguments = ["worker"] + baseArguments + ["--worker-id", id]
         p.environment = environment
         p.standardInput = FileHandle.nullDevice
+        try FileManager.default.createDirectory(atPath: logDirectory, withIntermediateDirectories: true)
+        let logPath = logDirectory + "/\(id).log"
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        p.standardOutput = log
+        p.standardError = log
         try p.run()
-        children.append(Child(id: id, process: p))
+        try? log.close()
+        children.append(Child(id: id, process: p, logPath: logPath))
+    }
+
+    /// Moves workers that exited on their own (a crash, or an exit on error) to ``unexpectedExits``.
+    ///
+    /// - Returns: how many were found this time.
+    @discardableResult
+    func collectUnexpectedExits() -> Int {
+        let gone = children.filter { !$0.process.isRunning }
+        guard !gone.isEmpty else { return 0 }
+        children.removeAll { !$0.process.isRunning }
+        for c in gone {
+            let how = c.process.terminationReason == .uncaughtSignal ? "signal" : "status"
+            let tail = ((try? String(contentsOfFile: c.logPath, encoding: .utf8)) ?? "").split(separator: "\n").suffix(3)
+            unexpectedExits.append(
+                "worker \(c.id) exited unexpectedly (\(how) \(c.process.terminationStatus))"
+                    + (tail.isEmpty ? "" : ": " + tail.joined(separator: " | ")) + " (log: \(c.logPath))")
+        }
+        return gone.count
+    }
+
+    /// Deletes the log directory (after a round without errors).
+    func removeLogs() {
+        try? FileManager.default.removeItem(atPath: logDirectory)
     }
 
     /// kill -9 of one random running worker; returns its id.
