@@ -58,7 +58,14 @@ struct LoadTestCommand: AsyncParsableCommand {
     @Option(help: "Seconds each worker count may take before the run is declared failed.")
     var timeLimit: Double = 300
 
-    @Option(help: "kill -9 a random worker process this often (seconds) and start a new one; not with --external.")
+    @Option(
+        help: ArgumentHelp(
+            "kill -9 a random worker process this often (seconds) and start a new one; not with --external.",
+            discussion: """
+                Keep it above --heartbeat-ttl + --reaper-interval + 0.5 s + one step: recovered steps wait \
+                that long, and with a shorter period (and few workers) the worker that picks them up may \
+                be killed before it finishes them, so the round makes no progress until its time limit.
+                """))
     var killEvery: Double?
 
     @Option(help: "--heartbeat-ttl of the started workers (default: the worker's 10 s, or 2 s with --kill-every).")
