@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
-.PHONY: deps build release run test bench lint redis-up redis-down clean
+.PHONY: deps build release run test bench loadtest lint redis-up redis-down clean
 
 deps:
 	@scripts/ensure-deps.sh
@@ -21,6 +21,9 @@ test: deps
 
 bench: release
 	scripts/bench.sh
+
+loadtest: release
+	scripts/loadtest.sh
 
 lint:
 	swift format lint --strict -r Sources Tests

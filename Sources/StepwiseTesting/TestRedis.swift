@@ -34,16 +34,13 @@ public enum TestRedis {
 
 /// Polls `condition` every `interval` until it is true or `timeout` passes; never sleeps blindly.
 ///
+/// A thin alias of ``StepwiseCore/poll(timeout:interval:until:)``, kept so test code reads naturally.
+///
 /// - Returns: whether the condition became true in time.
 public func eventually(
     timeout: Duration, interval: Duration = .milliseconds(50), _ condition: () async throws -> Bool
 ) async rethrows -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try? await Task.sleep(for: interval)
-    }
-    return try await condition()
+    try await poll(timeout: timeout, interval: interval, until: condition)
 }
 
 /// A child process (a worker of the built binary), stopped on demand.

@@ -1,0 +1,158 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import StepwiseCore
+import StepwiseRedis
+
+/// One result row of the load test: one worker count.
+struct RoundResult: Sendable {
+    var workers = 0
+    var steps = 0
+    var seconds = 0.0
+    var stepsPerSecond = 0.0
+    /// steps/s ÷ (workers × the first round's steps/s per worker).
+    var scalingEfficiency = 1.0
+    /// Submit-to-completed latency (ms): the step-end event's time minus the job's submit time.
+    var p50: UInt64 = 0, p90: UInt64 = 0, p99: UInt64 = 0, max: UInt64 = 0
+    /// Latency minus the simulated step time (ms).
+    var overheadP50: UInt64 = 0, overheadP99: UInt64 = 0
+    /// The committing run's `step.started` to its step end, minus the simulated step time (ms):
+    /// the part of the overhead spent inside the worker (agent, commit), without queueing.
+    var claimToCommitOverheadP50: UInt64 = 0, claimToCommitOverheadP99: UInt64 = 0
+    var redisCommandsPerSecond = 0.0
+    /// Fractions of one core.
+    var redisCPU = 0.0
+    var workersCPU: Double?
+    var kills = 0
+    /// `step.recovered` events seen in the run's streams.
+    var recoveredSteps = 0
+    var sessionsHit = 0
+    /// For every step recovered from a killed worker: its commit time minus the kill time (ms).
+    var recoveryWaitMaxMs: UInt64?
+    var recoveryWaitP50Ms: UInt64?
+    var orderViolations = 0, duplicates = 0, missing = 0, incompleteStreams = 0, failedSteps = 0
+    var errors: [String] = []
+
+    var json: [String: JSONValue] {
+        func n(_ v: Double, _ digits: Double = 1) -> JSONValue { .number((v * digits).rounded() / digits) }
+        func u(_ v: UInt64?) -> JSONValue { v.map { .number(Double($0)) } ?? .null }
+        return [
+            "workers": n(Double(workers)), "steps": n(Double(steps)), "seconds": n(seconds, 1000),
+            "stepsPerSecond": n(stepsPerSecond), "scalingEfficiency": n(scalingEfficiency, 1000),
+            "latencyMs": ["p50": u(p50), "p90": u(p90), "p99": u(p99), "max": u(max)],
+            "overheadMs": ["p50": u(overheadP50), "p99": u(overheadP99)],
+            "claimToCommitOverheadMs": ["p50": u(claimToCommitOverheadP50), "p99": u(claimToCommitOverheadP99)],
+            "redisCommandsPerSecond": n(redisCommandsPerSecond), "redisCPU": n(redisCPU, 1000),
+            "workersCPU": workersCPU.map { n($0, 1000) } ?? .null,
+            "kills": n(Double(kills)), "recoveredSteps": n(Double(recoveredSteps)), "sessionsHit": n(Double(sessionsHit)),
+            "recoveryWaitMs": ["max": u(recoveryWaitMaxMs), "p50": u(recoveryWaitP50Ms)],
+            "checks": [
+                "orderViolations": n(Double(orderViolations)), "duplicates": n(Double(duplicates)), "missing": n(Double(missing)),
+                "incompleteStreams": n(Double(incompleteStreams)), "failedSteps": n(Double(failedSteps)),
+            ],
+            "errors": .array(errors.map { .string($0) }),
+        ]
+    }
+}
+
+/// What the run ran on: recorded in `results.json` next to the figures.
+struct MachineInfo: Sendable {
+    var cores: Int
+    var uname: String
+    var hostname: String
+    var redisVersion: String
+    var loadAverage: String
+
+    static func collect(_ conn: RedisConnection) async throws -> MachineInfo {
+        var u = utsname()
+        _ = Glibc.uname(&u)
+        func field<T>(_ value: T) -> String {
+            withUnsafeBytes(of: value) { raw in String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        }
+        let info = try await RedisInfo.read(conn, section: "server")
+        let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ")
+        return MachineInfo(
+            cores: ProcessInfo.processInfo.activeProcessorCount,
+            uname: "\(field(u.sysname)) \(field(u.release)) \(field(u.machine))", hostname: ProcessInfo.processInfo.hostName,
+            redisVersion: info.fields["redis_version"] ?? "?", loadAverage: load ?? "?")
+    }
+
+    var json: JSONValue {
+        [
+            "cores": .number(Double(cores)), "uname": .string(uname), "hostname": .string(hostname),
+            "redisVersion": .string(redisVersion), "loadAverageAtStart": .string(loadAverage),
+        ]
+    }
+}
+
+enum LoadTestReport {
+    static func header(_ p: LoadTestParameters, endpoint: String, machine: MachineInfo) -> String {
+        var text = "# \(p.sessions) sessions x \(p.steps) steps, agent \(p.agent.rawValue), step \(p.stepMs) ms, "
+        text += "concurrency \(p.concurrency)/worker, "
+        text += p.rate > 0 ? "offered \(Int(p.rate)) steps/s" : "all submitted at once"
+        if let k = p.killEvery { text += ", kill -9 every \(k.inSeconds) s" }
+        text += ", redis \(endpoint) (\(machine.redisVersion)), \(machine.cores) cores, load \(machine.loadAverage)"
+        return text
+    }
+
+    static func tableHeader(kills: Bool) -> String {
+        "workers  steps/s  vs-linear  p50ms  p90ms  p99ms  maxms  overhead-p50ms  in-worker-p50ms  redis-cmd/s  redis-cpu%  workers-cpu%"
+            + (kills ? "  kills  recovered  recovery-max-ms" : "") + "  errors"
+    }
+
+    static func tableRow(_ r: RoundResult, kills: Bool) -> String {
+        var cols = [
+            pad(r.workers, 7), pad(Int(r.stepsPerSecond.rounded()), 7), pad(String(format: "%.2f", r.scalingEfficiency), 9),
+            pad(r.p50, 5), pad(r.p90, 5), pad(r.p99, 5), pad(r.max, 5), pad(r.overheadP50, 14), pad(r.claimToCommitOverheadP50, 15), pad(Int(r.redisCommandsPerSecond), 11),
+            pad(Int(r.redisCPU * 100), 10), pad(r.workersCPU.map { String(Int($0 * 100)) } ?? "-", 12),
+        ]
+        if kills {
+            cols += [pad(r.kills, 5), pad(r.recoveredSteps, 9), pad(r.recoveryWaitMaxMs.map(String.init) ?? "-", 15)]
+        }
+        cols.append(r.errors.isEmpty ? "0" : r.errors.joined(separator: "; "))
+        return cols.joined(separator: "  ")
+    }
+
+    static func pad(_ v: some CustomStringConvertible, _ width: Int) -> String {
+        let s = v.description
+        return String(repeating: " ", count: Swift.max(0, width - s.count)) + s
+    }
+
+    static func isoDate(_ date: Date) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        return f.string(from: date)
+    }
+
+    static func chartSubtitle(_ p: LoadTestParameters, machine: MachineInfo, date: Date) -> String {
+        var s = "\(p.sessions) sessions × \(p.steps) steps, \(p.agent.rawValue) agent, step \(p.stepMs) ms, concurrency \(p.concurrency)/worker"
+        if let k = p.killEvery { s += ", kill -9 every \(k.inSeconds) s" }
+        return s + " · \(machine.cores) cores, \(machine.uname), redis \(machine.redisVersion) · \(isoDate(date))"
+    }
+
+    /// The `results.json` document: parameters, machine, date and every row.
+    static func resultsDocument(
+        command: LoadTestCommand, machine: MachineInfo, date: Date, rounds: [RoundResult], memory: [MemoryResult]
+    ) -> JSONValue {
+        var o: [String: JSONValue] = [
+            "date": .string(isoDate(date)), "machine": machine.json,
+            "command": .string((["stepwise"] + CommandLine.arguments.dropFirst().map(redactedArgument)).joined(separator: " ")),
+            "ok": .bool(rounds.allSatisfy { $0.errors.isEmpty } && memory.allSatisfy { $0.errors.isEmpty }),
+        ]
+        if memory.isEmpty {
+            o["parameters"] = .object(LoadTestParameters(command: command).json)
+            o["rounds"] = .array(rounds.map { .object($0.json) })
+        } else {
+            o["parameters"] = ["stateBytes": .number(Double(command.stateBytes)), "concurrency": .number(Double(command.concurrency))]
+            o["memory"] = .array(memory.map(\.json))
+        }
+        return .object(o)
+    }
+
+    /// Hides a password in a `redis://user:password@host` argument.
+    private static func redactedArgument(_ arg: String) -> String {
+        guard arg.hasPrefix("redis://"), let at = arg.lastIndex(of: "@") else { return arg }
+        return "redis://***@" + arg[arg.index(after: at)...]
+    }
+}

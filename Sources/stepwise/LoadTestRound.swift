@@ -1,0 +1,312 @@
+import Foundation
+import Histogram
+import StepwiseAgents
+import StepwiseCore
+import StepwiseRedis
+
+/// One round of the load test: one worker count, start to finish.
+struct LoadTestRound {
+    let params: LoadTestParameters
+    let connection: ConnectionOptions
+    let conn: RedisConnection
+    let json: Bool
+
+    func run(workers count: Int) async throws -> RoundResult {
+        let runID = String(UInt32.random(in: .min ... .max), radix: 16).leftPadded(to: 8)
+        let keys = params.external ? connection.keys : try KeySpace(namespace: "\(connection.keys.namespace)-lt-\(runID)")
+        // A per-run prefix, so that a namespace already in use (--external) never mixes up sessions.
+        let ids = try (0..<params.sessions).map { try SessionID("lt-\(runID)-\($0)") }
+
+        var pool: LoadTestWorkerPool?
+        if !params.external {
+            var args = [
+                "--namespace", keys.namespace, "--concurrency", String(params.concurrency), "--log-level", connection.logLevel ?? "error",
+                "--events-max-length", String(params.eventsMaxLength),
+            ]
+            if let ttl = params.heartbeatTTL { args += ["--heartbeat-ttl", String(ttl)] }
+            if let interval = params.reaperInterval { args += ["--reaper-interval", String(interval)] }
+            let p = LoadTestWorkerPool(arguments: args, redisURL: connection.redisURL, idPrefix: "lt-\(runID)")
+            for _ in 0..<count { try p.start() }
+            pool = p
+            let store = SessionStore(connection: conn, keys: keys)
+            let up = try await poll(timeout: .seconds(30), interval: .milliseconds(100)) {
+                try await store.queueInfo().workers.filter(\.alive).count == count
+            }
+            guard up else { throw StepwiseError(.invalidConfiguration, "the \(count) worker processes did not register within 30 s") }
+        }
+
+        let filler = params.inputBytes > 0 ? String(repeating: "x", count: params.inputBytes) : nil
+        let dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn, configuration: .init(sessionTTL: .seconds(3600)))
+        let counterOptions: JSONValue? = params.agent == .counter && params.stepMs > 0 ? ["ms": .number(Double(params.stepMs))] : nil
+        let sessions = params.sessions
+        let total = sessions * params.steps
+        func submission(_ i: Int) -> Submission {
+            let step = i / sessions
+            var input: [String: JSONValue] = ["n": .number(Double(step))]
+            if params.agent == .sleep { input["ms"] = .number(Double(params.stepMs)) }
+            if let filler { input["pad"] = .string(filler) }
+            return Submission(
+                session: ids[i % sessions], agent: params.agent.rawValue, input: .object(input), options: step == 0 ? counterOptions : nil)
+        }
+        // Step-major order: step k of every session before step k+1 of any, so sessions interleave.
+        var submitted = 0
+        func submit(upTo target: Int) async throws {
+            while submitted < target {
+                let end = min(target, submitted + 500)
+                _ = try await dispatcher.submit((submitted..<end).map(submission))
+                submitted = end
+            }
+        }
+
+        let before = try await redisCounters()
+        let cpuBefore = pool?.cpuSeconds ?? 0
+        let start = ContinuousClock.now
+        if params.rate == 0 { try await submit(upTo: total) }
+        var done = 0
+        var kills = 0
+        var lastPrint = start
+        var lastKill = start
+        var lastCheck = start - .seconds(1)
+        var pending = Array(ids.indices)
+        let finished = try await poll(timeout: params.timeLimit, interval: .milliseconds(20)) {
+            let now = ContinuousClock.now
+            if params.rate > 0, submitted < total {
+                try await submit(upTo: min(total, Int(params.rate * (now - start).inSeconds) + 1))
+            }
+            pool?.collectUnexpectedExits()
+            if let every = params.killEvery, let pool, now - lastKill >= every {
+                lastKill = now
+                if pool.killRandom() != nil {
+                    kills += 1
+                    try pool.start()
+                }
+            }
+            if params.external {
+                // Count from this run's own sessions, not the namespace's shared counters.
+                if now - lastCheck >= .milliseconds(250) {
+                    lastCheck = now
+                    pending = try await unfinished(pending, ids: ids, keys: keys)
+                    done = total - pending.count * params.steps
+                }
+            } else {
+                done = try await conn.send(["HGET", RedisArgument(keys.stats), "committed"]).int ?? 0
+            }
+            if !json, now - lastPrint >= .seconds(1) {
+                lastPrint = now
+                let elapsed = (now - start).inSeconds
+                let rate = Double(done) / max(elapsed, 0.001)
+                let eta = rate > 0 ? Double(total - done) / rate : 0
+                let killText = params.killEvery == nil ? "" : ", \(kills) kills"
+                let line = String(format: "\r  %d workers: %d/%d steps, %.0f steps/s, ETA %.0f s", count, done, total, rate, eta)
+                FileHandle.standardError.write(Data((line + killText + "   ").utf8))
+            }
+            return params.external ? pending.isEmpty : done >= total
+        }
+        let elapsed = (ContinuousClock.now - start).inSeconds
+        if !json { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        let after = try await redisCounters()
+        let cpuAfter = pool?.cpuSeconds ?? 0
+        pool?.collectUnexpectedExits()
+        var stuck: String?
+        if !finished {
+            // Say where the work stands, before the workers stop and hand their jobs back.
+            let q = try await SessionStore(connection: conn, keys: keys).queueInfo()
+            let ws = q.workers.map { "\($0.id) inflight \($0.inflight)\($0.alive ? "" : " DEAD")" }.joined(separator: ", ")
+            stuck = "ready \(q.ready), workers [\(ws)], stats \(q.stats.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))"
+        }
+        await pool?.stopAll()
+
+        var result = try await check(ids: ids, keys: keys, killedAt: pool?.killedAt ?? [:])
+        if !finished {
+            result.errors.insert("time limit: \(total - done) of \(total) steps not committed (\(stuck ?? ""))", at: 0)
+        }
+        result.errors += pool?.unexpectedExits ?? []
+        if let pool {
+            if result.errors.isEmpty {
+                pool.removeLogs()
+            } else {
+                result.errors.append("worker logs in \(pool.logDirectory)")
+            }
+        }
+        if params.external {
+            try await deleteSessions(ids, keys: keys)
+        } else {
+            try await deleteNamespace(keys)
+        }
+        result.workers = count
+        result.steps = total
+        result.seconds = elapsed
+        result.stepsPerSecond = Double(total) / elapsed
+        result.kills = kills
+        result.redisCommandsPerSecond = Double(after.commands - before.commands) / elapsed
+        result.redisCPU = (after.cpu - before.cpu) / elapsed
+        result.workersCPU = params.external ? nil : (cpuAfter - cpuBefore) / elapsed
+        return result
+    }
+
+    /// The indices of `pending` whose session has not yet committed all its steps (pipelined `HGET steps`).
+    private func unfinished(_ pending: [Int], ids: [SessionID], keys: KeySpace) async throws -> [Int] {
+        var left: [Int] = []
+        for chunk in stride(from: 0, to: pending.count, by: 1000) {
+            let part = pending[chunk..<min(chunk + 1000, pending.count)]
+            let replies = try await conn.pipeline(part.map { ["HGET", RedisArgument(keys.session(ids[$0])), "steps"] })
+            for (i, r) in zip(part, replies) where (r.int ?? 0) < params.steps { left.append(i) }
+        }
+        return left
+    }
+
+    /// Reads every session's event stream (and, for `counter`, its ledger) and counts what is wrong.
+    private func check(ids: [SessionID], keys: KeySpace, killedAt: [String: Int64]) async throws -> RoundResult {
+        let steps = params.steps
+        let stepMs = UInt64(params.stepMs)
+        let ledger = params.agent == .counter
+        var latency = Histogram<UInt64>(highestTrackableValue: 3_600_000)
+        var overhead = Histogram<UInt64>(highestTrackableValue: 3_600_000)
+        var recovery = Histogram<UInt64>(highestTrackableValue: 3_600_000)
+        var inWorker = Histogram<UInt64>(highestTrackableValue: 3_600_000)
+        var orderViolations = 0, duplicates = 0, missing = 0, incompleteStreams = 0, failedSteps = 0
+        var recoveredSteps = 0, sessionsHit = 0
+        for chunk in stride(from: 0, to: ids.count, by: 100) {
+            let part = Array(ids[chunk..<min(chunk + 100, ids.count)])
+            let perSession = ledger ? 2 : 1
+            let replies = try await conn.pipeline(
+                part.flatMap { id -> [[RedisArgument]] in
+                    let events: [RedisArgument] = ["XRANGE", RedisArgument(keys.events(id)), "-", "+"]
+                    return ledger ? [events, ["HGET", RedisArgument(keys.session(id)), "state"]] : [events]
+                })
+            for n in part.indices {
+                let events = (replies[perSession * n].array ?? []).compactMap(StepEvent.init(entry:))
+                let ends = events.filter(\.isStepEnd)
+                let seqs = ends.map { jobSeq($0.jobID) }
+                let distinct = Set(seqs)
+                if distinct.count != seqs.count { duplicates += 1 }
+                if distinct.intersection(1...steps).count < steps { missing += 1 }
+                if seqs != seqs.sorted() { orderViolations += 1 }
+                if ends.map(\.step) != Array(1...steps) { incompleteStreams += 1 }
+                failedSteps += ends.filter { $0.type == "step.failed" }.count
+                if ledger {
+                    let state = (try? JSONValue(parsing: replies[perSession * n + 1].bytes ?? [])) ?? .null
+                    let applied = (state["inputs"]?.arrayValue ?? []).compactMap { $0["n"]?.intValue }
+                    if applied != Array(0..<steps) {
+                        if Set(applied).count != applied.count { duplicates += 1 }
+                        if Set(applied).intersection(0..<steps).count < steps { missing += 1 }
+                        if applied != applied.sorted() { orderViolations += 1 }
+                    }
+                }
+                // Steps that were in flight on a killed worker: from the kill to their commit.
+                var hit: [String: Int64] = [:]
+                for e in events where e.type == "step.recovered" {
+                    recoveredSteps += 1
+                    if let worker = e.fields["worker"], let killed = killedAt[worker] { hit[e.jobID] = min(hit[e.jobID] ?? .max, killed) }
+                }
+                if !hit.isEmpty { sessionsHit += 1 }
+                // Claim-to-commit time of the run that committed, minus the simulated step time.
+                var startedAt: [String: Int64] = [:]
+                for e in events where e.type == "step.started" { startedAt["\(e.jobID)/\(e.attempt)"] = e.time }
+                for e in ends {
+                    if let started = startedAt["\(e.jobID)/\(e.attempt)"] {
+                        let ms = UInt64(max(0, e.time - started))
+                        _ = inWorker.record(ms > stepMs ? ms - stepMs : 0)
+                    }
+                    if let killed = hit[e.jobID] { _ = recovery.record(UInt64(max(0, e.time - killed))) }
+                    guard let submitted = e.fields["submitted"].flatMap({ Int64($0) }) else { continue }
+                    let ms = UInt64(max(0, e.time - submitted))
+                    _ = latency.record(ms)
+                    _ = overhead.record(ms > stepMs ? ms - stepMs : 0)
+                }
+            }
+        }
+        var errors: [String] = []
+        if orderViolations > 0 { errors.append("\(orderViolations) sessions out of order") }
+        if duplicates > 0 { errors.append("\(duplicates) sessions with duplicate steps") }
+        if missing > 0 { errors.append("\(missing) sessions with missing steps") }
+        if incompleteStreams > 0 { errors.append("\(incompleteStreams) incomplete event streams") }
+        if failedSteps > 0 { errors.append("\(failedSteps) failed steps") }
+        var r = RoundResult()
+        r.p50 = latency.valueAtPercentile(50)
+        r.p90 = latency.valueAtPercentile(90)
+        r.p99 = latency.valueAtPercentile(99)
+        r.max = latency.max
+        r.overheadP50 = overhead.valueAtPercentile(50)
+        r.overheadP99 = overhead.valueAtPercentile(99)
+        r.claimToCommitOverheadP50 = inWorker.valueAtPercentile(50)
+        r.claimToCommitOverheadP99 = inWorker.valueAtPercentile(99)
+        r.orderViolations = orderViolations
+        r.duplicates = duplicates
+        r.missing = missing
+        r.incompleteStreams = incompleteStreams
+        r.failedSteps = failedSteps
+        r.recoveredSteps = recoveredSteps
+        r.sessionsHit = sessionsHit
+        r.recoveryWaitMaxMs = recovery.totalCount > 0 ? recovery.max : nil
+        r.recoveryWaitP50Ms = recovery.totalCount > 0 ? recovery.valueAtPercentile(50) : nil
+        r.errors = errors
+        return r
+    }
+
+    private func jobSeq(_ jobID: String) -> Int {
+        jobID.lastIndex(of: ":").flatMap { Int(jobID[jobID.index(after: $0)...]) } ?? -1
+    }
+
+    private func redisCounters() async throws -> (commands: Int, cpu: Double) {
+        let info = try await RedisInfo.read(conn, section: "all")
+        return (info.int("total_commands_processed"), info.double("used_cpu_sys") + info.double("used_cpu_user"))
+    }
+
+    /// Deletes only this run's sessions: their five keys and their index entries.
+    private func deleteSessions(_ ids: [SessionID], keys: KeySpace) async throws {
+        for chunk in stride(from: 0, to: ids.count, by: 200) {
+            let part = ids[chunk..<min(chunk + 200, ids.count)]
+            let names = part.flatMap { id in [keys.session(id), keys.inbox(id), keys.jobs(id), keys.idempotency(id), keys.events(id)] }
+            _ = try await conn.pipeline([
+                ["UNLINK"] + names.map { RedisArgument($0) },
+                ["ZREM", RedisArgument(keys.sessions)] + part.map { RedisArgument($0.rawValue) },
+            ])
+        }
+    }
+
+    private func deleteNamespace(_ keys: KeySpace) async throws {
+        try await LoadTestCleanup.deleteNamespace(keys, conn: conn)
+    }
+}
+
+enum LoadTestCleanup {
+    /// Deletes every key of a namespace the load test created (bounded `SCAN` + `UNLINK`).
+    static func deleteNamespace(_ keys: KeySpace, conn: RedisConnection) async throws {
+        var cursor = "0"
+        var rounds = 0
+        repeat {
+            let reply = try await conn.send(["SCAN", RedisArgument(cursor), "MATCH", RedisArgument(keys.prefix + "*"), "COUNT", 1000])
+            guard let parts = reply.array, parts.count == 2 else { return }
+            cursor = parts[0].string ?? "0"
+            let found = (parts[1].array ?? []).compactMap(\.bytes).map { RedisArgument(bytes: $0) }
+            if !found.isEmpty { _ = try await conn.send(["UNLINK"] + found) }
+            rounds += 1
+        } while cursor != "0" && rounds < 100_000
+    }
+}
+
+/// `INFO` fields, parsed.
+struct RedisInfo {
+    var fields: [String: String] = [:]
+
+    /// `INFO <section>`: see <https://redis.io/docs/latest/commands/info/>.
+    static func read(_ conn: RedisConnection, section: String) async throws -> RedisInfo {
+        let text = try await conn.send(["INFO", RedisArgument(section)]).string ?? ""
+        var info = RedisInfo()
+        for line in text.split(whereSeparator: \.isNewline) {
+            let kv = line.split(separator: ":", maxSplits: 1)
+            if kv.count == 2 { info.fields[String(kv[0])] = String(kv[1]) }
+        }
+        return info
+    }
+
+    func int(_ key: String) -> Int { fields[key].flatMap { Int($0) } ?? 0 }
+    func double(_ key: String) -> Double { fields[key].flatMap { Double($0) } ?? 0 }
+}
+
+extension String {
+    func leftPadded(to width: Int, with pad: Character = "0") -> String {
+        count >= width ? self : String(repeating: pad, count: width - count) + self
+    }
+}

@@ -1,0 +1,122 @@
+import Foundation
+import StepwiseCore
+
+/// The `stepwise worker` processes one load-test round started: start, kill -9, stop.
+///
+/// Used only from the round's own task, one call at a time, so it needs no locking; it is
+/// deliberately not `Sendable`.
+final class LoadTestWorkerPool {
+    struct Child {
+        var id: String
+        var process: Process
+        var logPath: String
+    }
+
+    private let binary: String
+    private let baseArguments: [String]
+    private let environment: [String: String]
+    private let idPrefix: String
+    private(set) var children: [Child] = []
+    private var started = 0
+    /// kill -9 time (ms since 1970) of each killed worker id.
+    private(set) var killedAt: [String: Int64] = [:]
+    /// CPU seconds the killed processes had used when they were killed.
+    private var killedCPU = 0.0
+    /// Where each worker's stdout and stderr go: `<tmp>/stepwise-loadtest-<idPrefix>/<worker id>.log`.
+    let logDirectory: String
+    /// Workers that exited although nobody stopped them, with their exit status and last log lines.
+    private(set) var unexpectedExits: [String] = []
+
+    /// - Parameters:
+    ///   - arguments: `worker` flags shared by every process (`--namespace`, `--concurrency`, ...).
+    ///   - redisURL: passed as `REDIS_URL` in the environment, so a password never shows in `ps`.
+    ///   - idPrefix: worker ids are `<idPrefix>-w<n>`, `n` counting every process started.
+    init(arguments: [String], redisURL: String, idPrefix: String) {
+        binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        baseArguments = arguments
+        environment = ProcessInfo.processInfo.environment.merging(["REDIS_URL": redisURL]) { _, new in new }
+        self.idPrefix = idPrefix
+        logDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("stepwise-loadtest-\(idPrefix)").path
+    }
+
+    deinit {
+        for c in children where c.process.isRunning { kill(c.process.processIdentifier, SIGKILL) }
+    }
+
+    /// Starts one more worker process with a new worker id.
+    func start() throws {
+        let id = "\(idPrefix)-w\(started)"
+        started += 1
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = ["worker"] + baseArguments + ["--worker-id", id]
+        p.environment = environment
+        p.standardInput = FileHandle.nullDevice
+        try FileManager.default.createDirectory(atPath: logDirectory, withIntermediateDirectories: true)
+        let logPath = logDirectory + "/\(id).log"
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        p.standardOutput = log
+        p.standardError = log
+        try p.run()
+        try? log.close()
+        children.append(Child(id: id, process: p, logPath: logPath))
+    }
+
+    /// Moves workers that exited on their own (a crash, or an exit on error) to ``unexpectedExits``.
+    ///
+    /// - Returns: how many were found this time.
+    @discardableResult
+    func collectUnexpectedExits() -> Int {
+        let gone = children.filter { !$0.process.isRunning }
+        guard !gone.isEmpty else { return 0 }
+        children.removeAll { !$0.process.isRunning }
+        for c in gone {
+            let how = c.process.terminationReason == .uncaughtSignal ? "signal" : "status"
+            let tail = ((try? String(contentsOfFile: c.logPath, encoding: .utf8)) ?? "").split(separator: "\n").suffix(3)
+            unexpectedExits.append(
+                "worker \(c.id) exited unexpectedly (\(how) \(c.process.terminationStatus))"
+                    + (tail.isEmpty ? "" : ": " + tail.joined(separator: " | ")) + " (log: \(c.logPath))")
+        }
+        return gone.count
+    }
+
+    /// Deletes the log directory (after a round without errors).
+    func removeLogs() {
+        try? FileManager.default.removeItem(atPath: logDirectory)
+    }
+
+    /// kill -9 of one random running worker; returns its id.
+    func killRandom() -> String? {
+        guard !children.isEmpty else { return nil }
+        let victim = children.remove(at: Int.random(in: 0..<children.count))
+        killedCPU += cpuSeconds(pid: victim.process.processIdentifier)
+        kill(victim.process.processIdentifier, SIGKILL)
+        killedAt[victim.id] = Int64(Date().timeIntervalSince1970 * 1000)
+        return victim.id
+    }
+
+    /// CPU seconds (user + system) of every process this pool started, including killed ones.
+    var cpuSeconds: Double { killedCPU + children.map { cpuSeconds(pid: $0.process.processIdentifier) }.reduce(0, +) }
+
+    /// Ids of the workers running now.
+    var runningIDs: Set<String> { Set(children.map(\.id)) }
+
+    /// SIGTERM to every worker, then waits (bounded) for them to exit; SIGKILL for any left.
+    func stopAll(timeout: Duration = .seconds(30)) async {
+        for c in children where c.process.isRunning { kill(c.process.processIdentifier, SIGTERM) }
+        _ = await poll(timeout: timeout, interval: .milliseconds(20)) { children.allSatisfy { !$0.process.isRunning } }
+        for c in children where c.process.isRunning { kill(c.process.processIdentifier, SIGKILL) }
+        _ = await poll(timeout: .seconds(5), interval: .milliseconds(20)) { children.allSatisfy { !$0.process.isRunning } }
+    }
+
+    /// utime + stime of a process, from /proc (Linux); 0 once it is gone.
+    private func cpuSeconds(pid: Int32) -> Double {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return 0 }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 13, let u = Double(fields[11]), let s = Double(fields[12]) else { return 0 }
+        return (u + s) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+}
