@@ -715,6 +715,85 @@ struct FaultTests {
         print("[fault j] case took \(ContinuousClock.now - clock)")
     }
 
+    // MARK: l. extra: CLIENT KILL of every worker connection, mid-run
+
+    @Test func l_clientKillOfEveryWorkerConnectionLosesNothing() async throws {
+        let clock = ContinuousClock.now
+        // A private server: CLIENT KILL on the shared one would cut other suites' connections.
+        let server = try await RedisServerProcess.start()
+        defer { server.terminate() }
+        let keys = try TestRedis.uniqueKeys()
+        let conn = RedisConnection(configuration: .init(endpoint: server.endpoint, clientName: "fault-l"))
+        let pool = WorkerPool(binary: try #require(TestRedis.binary), redisURL: server.url, namespace: keys.namespace)
+        defer { pool.killAll() }
+        let sessions = try (0..<10).map { try SessionID("l-\($0)") }
+        let steps = 20
+        for i in 0..<2 { try pool.start(id: "l-w\(i)", concurrency: 4) }
+        var expected: [SessionID: [JSONValue]] = [:]
+        var batch: [Submission] = []
+        for step in 1...steps {
+            for id in sessions {
+                let input: JSONValue = ["n": .number(Double(step))]
+                batch.append(Submission(session: id, agent: "counter", input: input, options: step == 1 ? ["ms": 20] : nil))
+                expected[id, default: []].append(input)
+            }
+        }
+        _ = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn).submit(batch)
+        let total = sessions.count * steps
+        var kills = 0
+        for _ in 0..<3 {
+            let progressed = await eventually(timeout: .seconds(30), interval: .milliseconds(10)) {
+                ((try? await counter(conn, keys, "committed")) ?? 0) >= total * (kills + 1) / 4
+            }
+            try #require(progressed, "work progresses between kills: \(pool.logs())")
+            // Every client but this one: slots blocked in BLMOVE, slots mid-commit, control connections.
+            let killed = try await conn.send(["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]).int ?? 0
+            #expect(killed >= 2, "killed \(killed) worker connections")
+            kills += 1
+        }
+        let finished = await eventually(timeout: .seconds(60), interval: .milliseconds(50)) {
+            (try? await counter(conn, keys, "committed")) == total
+        }
+        #expect(finished, "the same workers reconnect and finish: \(pool.logs())")
+        #expect(pool.running.count == 2, "no worker died")
+        for (id, status) in await pool.stopAll() { #expect(status == 0, "\(id) exits 0 on SIGTERM") }
+        let report = try await Ledger.check(keys: keys, conn: conn, sessions: sessions, expected: expected)
+        #expect(report.isClean, "\(report)")
+        print("[fault l] \(kills) rounds of CLIENT KILL; case took \(ContinuousClock.now - clock)")
+    }
+
+    // MARK: m. extra: a Redis that can lose jobs: warn, or refuse with --strict
+
+    @Test func m_unsafeRedisConfigurationWarnsAndStrictRefuses() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.terminate() }
+        let conn = RedisConnection(configuration: .init(endpoint: server.endpoint, clientName: "fault-m"))
+        let keys = try TestRedis.uniqueKeys()
+        let common = ["--redis", server.url, "--namespace", keys.namespace]
+        // The private server starts safe: --strict accepts it.
+        let pool = WorkerPool(binary: try #require(TestRedis.binary), redisURL: server.url, namespace: keys.namespace)
+        defer { pool.killAll() }
+        let safe = try pool.start(id: "m-safe", extra: ["--strict"])
+        let registered = await eventually(timeout: .seconds(10)) {
+            (try? await conn.send(["ZSCORE", RedisArgument(keys.workers), "m-safe"]))?.isNull == false
+        }
+        #expect(registered, "a --strict worker starts on a safe server: \(safe.output)")
+        _ = await pool.stopAll()
+
+        _ = try await conn.send(["CONFIG", "SET", "appendonly", "no"])
+        _ = try await conn.send(["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"])
+        let strict = try await runBinary(["worker", "--strict", "--worker-id", "m-strict"] + common, timeout: .seconds(20))
+        #expect(strict.status == 1)
+        #expect(strict.stderr.contains("refusing to start (--strict)"), "\(strict.stderr)")
+        #expect(strict.stderr.contains("maxmemory-policy") && strict.stderr.contains("appendonly"), "\(strict.stderr)")
+
+        let lenient = try pool.start(id: "m-lenient")
+        let warned = await eventually(timeout: .seconds(10)) { lenient.output.contains("unsafe redis configuration") }
+        #expect(warned, "without --strict the worker warns and runs: \(lenient.output)")
+        #expect(lenient.isRunning)
+        for (id, status) in await pool.stopAll() { #expect(status == 0, "\(id) exits 0") }
+    }
+
     // MARK: k. extra: rolling kill -9 (chaos), one worker every 300 ms for 12 rounds
 
     @Test func k_rollingKill9KeepsTheLedger() async throws {
