@@ -3,6 +3,7 @@
 #   redis-local.sh start DIR [PORT]   -> prints the port; PID in DIR/redis.pid
 #   redis-local.sh stop DIR
 # With no PORT a free one is picked. Data stays in DIR (append-only file on, so a restart keeps it).
+# The settings match deploy/redis.conf where they matter to Stepwise (AOF, noeviction, memory).
 set -euo pipefail
 cmd=${1:?start|stop}
 dir=${2:?directory}
@@ -21,6 +22,7 @@ start)
   [ -n "$port" ] || { echo "error: no free loopback port found" >&2; exit 1; }
   redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes --dir "$dir" \
     --appendonly yes --appendfsync everysec --save "" --maxmemory-policy noeviction \
+    --stream-node-max-bytes 256 --hash-max-listpack-value 8192 \
     --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null
   for _ in $(seq 1 100); do
     if redis-cli -p "$port" ping >/dev/null 2>&1; then echo "$port"; exit 0; fi

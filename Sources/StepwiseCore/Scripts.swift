@@ -66,7 +66,7 @@ enum Scripts {
             redis.call('LPOP', k.inbox)
             redis.call('HDEL', k.jobs, seq, seq .. ':a', seq .. ':t', seq .. ':m')
             redis.call('HSET', k.session, 'holder', '')
-            event(k, maxlen, 'type', 'step.cancelled', 'session', sid, 'job', jid, 'attempt', attempt or '0', 'time', now)
+            event(k, maxlen, 'type', 'step.cancelled', 'job', jid, 'attempt', attempt or '0', 'time', now)
           end
         end
         -- Claims a job that is already in this worker's in-flight list. Returns the step to run,
@@ -80,7 +80,7 @@ enum Scripts {
           end
           local k = session_keys(P, sid)
           local j = redis.call('HMGET', k.jobs, seq, seq .. ':a', seq .. ':t', seq .. ':m')
-          local s = redis.call('HMGET', k.session, 'agent', 'options', 'state', 'version', 'steps', 'cancelled', 'blocked')
+          local s = redis.call('HMGET', k.session, 'agent', 'options', 'state', 'version', 'steps', 'cancelled', 'blocked', 'exp')
           if s[6] then
             redis.call('LREM', inflight, 1, jid)
             drop_cancelled(k, sid, jid, seq, now, maxlen, j[2])
@@ -103,7 +103,11 @@ enum Scripts {
           local step = tonumber(s[5]) + 1
           local holder = worker .. '/' .. attempt
           redis.call('HSET', k.session, 'status', 'running', 'holder', holder, 'active', now)
-          event(k, maxlen, 'type', 'step.started', 'session', sid, 'job', jid, 'step', step, 'attempt', attempt, 'time', now)
+          event(k, maxlen, 'type', 'step.started', 'job', jid, 'step', step, 'attempt', attempt, 'time', now)
+          if step == 1 and s[8] and s[8] ~= '' then
+            -- The session's first event creates its stream: give it the session's expiry.
+            redis.call('PEXPIREAT', k.events, s[8])
+          end
           return {'run', jid, sid, s[1], s[2], s[3], s[4], tostring(step), tostring(attempt), j[1], holder, j[3] or '', j[4] or ''}
         end
         """#
@@ -133,7 +137,6 @@ enum Scripts {
               if ttl == '' then ttl = ARGV[12] end
               redis.call('HSET', KEYS[1], 'agent', agent, 'owner', owner, 'status', 'idle', 'version', 0, 'steps', 0,
                 'created', now, 'options', options, 'state', ARGV[10], 'seq', 0, 'holder', '', 'ttl', ttl)
-              event(k, ARGV[13], 'type', 'session.created', 'session', sid, 'time', now, 'agent', agent)
             else
               if agent ~= '' and cur[1] ~= agent then
                 return redis.error_reply('STEPWISE agent_mismatch session ' .. sid .. ' runs agent ' .. cur[1] .. ', not ' .. agent)
@@ -242,7 +245,7 @@ enum Scripts {
                 local delay = tonumber(ARGV[12])
                 redis.call('HSET', k.session, 'holder', '', 'status', 'queued', 'active', now)
                 redis.call('ZADD', P .. 'delayed', server_ms() + delay, jid)
-                local eid = event(k, maxlen, 'type', 'step.retrying', 'session', sid, 'job', jid, 'step', tonumber(cur[3]) + 1,
+                local eid = event(k, maxlen, 'type', 'step.retrying', 'job', jid, 'step', tonumber(cur[3]) + 1,
                   'attempt', attempt, 'time', now, 'delay', delay, 'error', ARGV[9])
                 result = {'retry', eid, tonumber(cur[2])}
               elseif outcome == 'dead' then
@@ -251,7 +254,7 @@ enum Scripts {
                   'dead_reason', ARGV[13], 'dead_error', ARGV[9], 'dead_attempts', attempt, 'dead_at', now)
                 redis.call('ZADD', P .. 'dead', now, sid)
                 redis.call('HINCRBY', P .. 'stats', 'dead', 1)
-                local eid = event(k, maxlen, 'type', 'step.dead', 'session', sid, 'job', jid, 'step', tonumber(cur[3]) + 1,
+                local eid = event(k, maxlen, 'type', 'step.dead', 'job', jid, 'step', tonumber(cur[3]) + 1,
                   'attempt', attempt, 'time', now, 'reason', ARGV[13], 'error', ARGV[9])
                 result = {'dead', eid, tonumber(cur[2])}
               else
@@ -261,7 +264,7 @@ enum Scripts {
                 redis.call('LPOP', k.inbox)
                 local etype = 'step.completed'
                 if outcome == 'fail' then etype = 'step.failed' end
-                local eid = event(k, maxlen, 'type', etype, 'session', sid, 'job', jid, 'step', step, 'attempt', attempt,
+                local eid = event(k, maxlen, 'type', etype, 'job', jid, 'step', step, 'attempt', attempt,
                   'time', now, 'outcome', outcome, 'version', version, 'submitted', j[2] or '', 'data', ARGV[9])
                 if outcome == 'continue' then
                   local nseq = redis.call('HINCRBY', k.session, 'seq', 1)
@@ -329,7 +332,7 @@ enum Scripts {
             end
             redis.call('HSET', k.session, 'holder', '', 'status', 'queued')
             redis.call('LPUSH', KEYS[1], jid)
-            event(k, maxlen, 'type', 'step.released', 'session', sid, 'job', jid, 'step', tonumber(s[2]) + 1,
+            event(k, maxlen, 'type', 'step.released', 'job', jid, 'step', tonumber(s[2]) + 1,
               'attempt', attempt, 'time', now, 'reason', ARGV[6])
             return 1
             """#)
@@ -365,7 +368,7 @@ enum Scripts {
                   else
                     redis.call('HSET', k.session, 'holder', '', 'status', 'queued')
                     redis.call('LPUSH', KEYS[1], jid)
-                    event(k, maxlen, 'type', 'step.recovered', 'session', sid, 'job', jid, 'step', tonumber(s[2]) + 1,
+                    event(k, maxlen, 'type', 'step.recovered', 'job', jid, 'step', tonumber(s[2]) + 1,
                       'attempt', attempt, 'time', now, 'worker', dead)
                     n = n + 1
                   end
@@ -500,11 +503,11 @@ enum Scripts {
               redis.call('HSET', k.jobs, seq .. ':a', 0)
               redis.call('HSET', k.session, 'status', 'queued', 'active', now)
               redis.call('RPUSH', P .. 'ready', jid)
-              event(k, maxlen, 'type', 'step.retried', 'session', sid, 'job', jid, 'time', now)
+              event(k, maxlen, 'type', 'step.retried', 'job', jid, 'time', now)
             else
               redis.call('LPOP', k.inbox)
               redis.call('HDEL', k.jobs, seq, seq .. ':a', seq .. ':t', seq .. ':m')
-              event(k, maxlen, 'type', 'step.discarded', 'session', sid, 'job', jid, 'time', now)
+              event(k, maxlen, 'type', 'step.discarded', 'job', jid, 'time', now)
               local head = redis.call('LINDEX', k.inbox, 0)
               if head then
                 redis.call('RPUSH', P .. 'ready', head)

@@ -109,7 +109,7 @@ public struct SessionStore: Sendable {
         guard let streams = reply.array, let first = streams.first?.array, first.count == 2, let entries = first[1].array else {
             return []
         }
-        return entries.compactMap(StepEvent.init(entry:))
+        return entries.compactMap { StepEvent(entry: $0, session: id.rawValue) }
     }
 }
 

@@ -16,7 +16,10 @@ public struct StepEvent: Sendable, Hashable {
     public var fields: [String: String]
 
     /// Decodes a stream entry `[id, [field, value, ...]]`.
-    public init?(entry: RESPValue) {
+    ///
+    /// Events do not store their session (the stream key names it, and a job id starts with
+    /// it); it comes from `session`, else from the job id.
+    public init?(entry: RESPValue, session: String? = nil) {
         guard let parts = entry.array, parts.count == 2, let id = parts[0].string, let kv = parts[1].array else {
             return nil
         }
@@ -28,7 +31,9 @@ public struct StepEvent: Sendable, Hashable {
         }
         self.id = id
         self.type = fields.removeValue(forKey: "type") ?? ""
-        self.session = fields.removeValue(forKey: "session") ?? ""
+        let job = fields["job"] ?? ""
+        self.session =
+            fields.removeValue(forKey: "session") ?? session ?? job.split(separator: ":").dropLast().joined(separator: ":")
         self.jobID = fields.removeValue(forKey: "job") ?? ""
         self.step = fields.removeValue(forKey: "step").flatMap { Int($0) } ?? 0
         self.attempt = fields.removeValue(forKey: "attempt").flatMap { Int($0) } ?? 0

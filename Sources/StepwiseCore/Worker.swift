@@ -421,7 +421,7 @@ public final class Worker: Service, Sendable {
             emitter: { message, data in
                 let reply = try await conn.send([
                     "XADD", RedisArgument(eventsKey), "MAXLEN", "~", RedisArgument(maxLength), "*",
-                    "type", "step.progress", "session", RedisArgument(job.sessionID), "job", RedisArgument(job.jobID),
+                    "type", "step.progress", "job", RedisArgument(job.jobID),
                     "step", RedisArgument(job.step), "attempt", RedisArgument(job.attempt),
                     "time", RedisArgument(Dispatcher.nowMillis()), "message", RedisArgument(message),
                     "data", RedisArgument(data.jsonString),

@@ -75,7 +75,7 @@ public enum Ledger {
                 report.problems.append("\(id): session hash is missing (or has no state)")
                 continue
             }
-            let events = (replies[2].array ?? []).compactMap(StepEvent.init(entry:))
+            let events = (replies[2].array ?? []).compactMap { StepEvent(entry: $0) }
             report.events[id] = events
             report.problems += checkState(id, stateBytes: stateBytes, want: want)
             report.problems += checkEvents(

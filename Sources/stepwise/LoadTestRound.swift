@@ -175,7 +175,7 @@ struct LoadTestRound {
                     return ledger ? [events, ["HGET", RedisArgument(keys.session(id)), "state"]] : [events]
                 })
             for n in part.indices {
-                let events = (replies[perSession * n].array ?? []).compactMap(StepEvent.init(entry:))
+                let events = (replies[perSession * n].array ?? []).compactMap { StepEvent(entry: $0) }
                 let ends = events.filter(\.isStepEnd)
                 let seqs = ends.map { jobSeq($0.jobID) }
                 let distinct = Set(seqs)

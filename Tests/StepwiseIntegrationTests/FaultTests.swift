@@ -857,7 +857,7 @@ private func counter(_ conn: RedisConnection, _ keys: KeySpace, _ field: String)
 /// A session's whole event stream (`XRANGE - +`).
 private func events(_ conn: RedisConnection, _ keys: KeySpace, _ id: SessionID) async throws -> [StepEvent] {
     let reply = try await conn.send(["XRANGE", RedisArgument(keys.events(id)), "-", "+"]).throwingServerError()
-    return (reply.array ?? []).compactMap(StepEvent.init(entry:))
+    return (reply.array ?? []).compactMap { StepEvent(entry: $0) }
 }
 
 /// The `inputs` of a session's state document (empty when none).

@@ -170,7 +170,9 @@ struct LifecycleTests {
         #expect((1000...2100).contains(pttl), "expires between ttl and ttl + 1 s: \(pttl)")
         let expiry = try #require(try await dispatcher.touch(id, ttl: .seconds(60)))
         #expect(expiry > Dispatcher.nowMillis() + 59_000)
-        #expect((try await conn.send(["PTTL", RedisArgument(keys.events(id))]).int ?? -1) > 59_000, "every key gets the same expiry")
+        for key in [keys.inbox(id), keys.jobs(id)] {
+            #expect((try await conn.send(["PTTL", RedisArgument(key)]).int ?? -1) > 59_000, "every key gets the same expiry: \(key)")
+        }
         _ = try await dispatcher.touch(id, ttl: .seconds(1))
         let gone = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config()) {
             await eventually(timeout: .seconds(15), interval: .milliseconds(100)) {
