@@ -113,6 +113,11 @@ public final class Worker: Service, Sendable {
     public let agents: AgentRegistry
     public let logger: Logger
     private let state = Mutex(RunState())
+    /// The connection every slot's claim, commit and release scripts share: calls made while it
+    /// is busy go out together (``RedisConnection/evalScriptCoalesced(_:keys:arguments:)``), so
+    /// a busy worker spends one write and one thread wake-up per batch of steps, not per step.
+    /// Each slot keeps its own connection for its blocking `BLMOVE` and progress events.
+    private let steps: RedisConnection
 
     private struct RunState: Sendable {
         var stopping = false
@@ -143,6 +148,9 @@ public final class Worker: Service, Sendable {
         var logger = logger
         logger[metadataKey: LogKeys.workerID] = .string(configuration.workerID)
         self.logger = logger
+        var stepsConfig = redis
+        stepsConfig.clientName = "stepwise:\(configuration.workerID):steps"
+        self.steps = RedisConnection(configuration: stepsConfig, logger: logger)
     }
 
     private var stopping: Bool { state.withLock { $0.stopping } }
@@ -214,6 +222,7 @@ public final class Worker: Service, Sendable {
             self.state.withLock { $0.stopping = true }
         }
         await deregister(control)
+        await steps.close()
         logger.info("worker stopped")
     }
 
@@ -247,14 +256,14 @@ public final class Worker: Service, Sendable {
         }
         if let next {
             // Claimed by the last commit but never started: give it back at once.
-            try? await release(next, on: conn, reason: "shutdown")
+            try? await release(next, reason: "shutdown")
         }
         await conn.close()
     }
 
     /// Claims the next job: non-blocking first, then one `BLMOVE` with a bounded timeout.
     private func fetch(_ conn: RedisConnection) async throws -> Claim? {
-        let reply = try await claim(jobID: "", on: conn)
+        let reply = try await claim(jobID: "")
         if !reply.isNull { return Claim(reply) }
         // `BLMOVE ready inflight LEFT RIGHT timeout`: blocks server-side up to `blockTimeout`;
         // the socket timeout is raised by the same amount for this call.
@@ -267,13 +276,13 @@ public final class Worker: Service, Sendable {
         guard let jid = popped.string, !popped.isNull else { return nil }
         state.withLock { _ = $0.active.insert(jid) }
         defer { state.withLock { _ = $0.active.remove(jid) } }
-        return Claim(try await claim(jobID: jid, on: conn))
+        return Claim(try await claim(jobID: jid))
     }
 
     /// Runs the claim script for `jobID` (already in our in-flight list), or for the next ready
     /// job when `jobID` is empty.
-    private func claim(jobID: String, on conn: RedisConnection) async throws -> RESPValue {
-        try await conn.evalScript(
+    private func claim(jobID: String) async throws -> RESPValue {
+        try await steps.evalScriptCoalesced(
             Scripts.claim, keys: [RedisArgument(keys.ready), RedisArgument(inflightKey)],
             arguments: [
                 RedisArgument(keys.prefix), RedisArgument(configuration.workerID), RedisArgument(Dispatcher.nowMillis()),
@@ -321,7 +330,7 @@ public final class Worker: Service, Sendable {
         } else {
             outcome = try await run(job, agent: agent, maxAttempts: maxAttempts, claim: claim, conn: conn, logger: log)
         }
-        return try await commit(job, outcome: outcome, on: conn, logger: log)
+        return try await commit(job, outcome: outcome, logger: log)
     }
 
     /// Runs the agent's step as a child task that a session cancel can stop, and maps what it
@@ -359,7 +368,7 @@ public final class Worker: Service, Sendable {
         case .failure where shuttingDown && !sessionCancelled:
             // Shutdown: give the step back unfinished; the next delivery does not count it. (An
             // agent that throws CancellationError on its own is an ordinary failure, retried.)
-            try? await release(claim, on: conn, reason: "cancelled")
+            try? await release(claim, reason: "cancelled")
             throw CancellationError()
         case .failure(let error):
             if sessionCancelled {
@@ -431,9 +440,9 @@ public final class Worker: Service, Sendable {
         return (agent, state, input, context)
     }
 
-    private func commit(_ job: Claim.Job, outcome: Outcome, on conn: RedisConnection, logger: Logger) async throws -> Claim? {
+    private func commit(_ job: Claim.Job, outcome: Outcome, logger: Logger) async throws -> Claim? {
         let fetchNext = !stopping && !Task.isCancelled
-        let reply = try await conn.evalScript(
+        let reply = try await steps.evalScriptCoalesced(
             Scripts.commit, keys: [RedisArgument(keys.ready), RedisArgument(inflightKey)],
             arguments: [
                 RedisArgument(keys.prefix), RedisArgument(configuration.workerID), RedisArgument(Dispatcher.nowMillis()),
@@ -459,9 +468,9 @@ public final class Worker: Service, Sendable {
         return nil
     }
 
-    private func release(_ claim: Claim, on conn: RedisConnection, reason: String) async throws {
+    private func release(_ claim: Claim, reason: String) async throws {
         guard case .run(let job) = claim else { return }
-        _ = try await conn.evalScript(
+        _ = try await steps.evalScriptCoalesced(
             Scripts.release, keys: [RedisArgument(keys.ready), RedisArgument(inflightKey)],
             arguments: [
                 RedisArgument(keys.prefix), RedisArgument(job.jobID), RedisArgument(job.holder),

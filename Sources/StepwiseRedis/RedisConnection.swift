@@ -136,6 +136,79 @@ public actor RedisConnection {
         return reply
     }
 
+    /// Runs a script like ``evalScript(_:keys:arguments:)``, coalescing it with the calls other
+    /// tasks make on this connection meanwhile: every call queued by the time the connection's
+    /// thread gets to them goes out in one write, and the replies are read in order.
+    ///
+    /// Many tasks sharing one connection this way (a worker's slots committing steps) cost one
+    /// write, one thread wake-up and one server read per batch instead of per call. The calls are
+    /// independent: not a transaction, and a failed connection fails every call of the batch.
+    /// Never use it for blocking commands.
+    ///
+    /// - Returns: the script's reply; error replies are returned, not thrown.
+    public func evalScriptCoalesced(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) async throws
+        -> RESPValue
+    {
+        try await withCheckedThrowingContinuation { continuation in
+            coalesced.append(CoalescedCall(script: script, arguments: [RedisArgument(keys.count)] + keys + arguments, continuation: continuation))
+            if !flushScheduled {
+                flushScheduled = true
+                // Runs on this actor's thread after the jobs already queued there, which may add
+                // their calls to the same batch.
+                Task { await self.flushCoalesced() }
+            }
+        }
+    }
+
+    private struct CoalescedCall {
+        var script: RedisScript
+        /// `numkeys`, the keys, then the arguments.
+        var arguments: [RedisArgument]
+        var continuation: CheckedContinuation<RESPValue, any Error>
+    }
+    private var coalesced: [CoalescedCall] = []
+    private var flushScheduled = false
+
+    private func flushCoalesced() async {
+        flushScheduled = false
+        let batch = coalesced
+        coalesced.removeAll(keepingCapacity: true)
+        guard !batch.isEmpty else { return }
+        do {
+            try await ensureConnected()
+            guard let ctx = context else { throw RedisError(.io, "not connected", address: address) }
+            var shas: [String] = []
+            shas.reserveCapacity(batch.count)
+            for call in batch { shas.append(try loadedSHA(call.script)) }
+            for (call, sha) in zip(batch, shas) { try append(ctx, ["EVALSHA", RedisArgument(sha)] + call.arguments) }
+            var replies: [RESPValue] = []
+            replies.reserveCapacity(batch.count)
+            for _ in batch {
+                guard let c = context else { throw RedisError(.io, "not connected", address: address) }
+                replies.append(try readReply(c))
+            }
+            for (i, call) in batch.enumerated() {
+                var reply = replies[i]
+                if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
+                    // The server lost its scripts (restart, SCRIPT FLUSH): load and run this one again.
+                    do {
+                        scriptSHAs[call.script.name] = nil
+                        let sha = try loadedSHA(call.script)
+                        reply = try sendNow(["EVALSHA", RedisArgument(sha)] + call.arguments, blockingFor: nil)
+                    } catch {
+                        call.continuation.resume(throwing: error)
+                        continue
+                    }
+                }
+                call.continuation.resume(returning: reply)
+            }
+        } catch {
+            // A reply that never arrived may still have run: callers treat this like any lost
+            // reply (the worker's orphan scan and the commit's fencing cover it).
+            for call in batch { call.continuation.resume(throwing: error) }
+        }
+    }
+
     /// Runs several invocations of one script in one round trip, in order, as one transaction.
     ///
     /// The calls are wrapped in `MULTI`/`EXEC`, so no other client (a `SCRIPT FLUSH`, say) can
