@@ -7,10 +7,11 @@ import Synchronization
 /// A worker process's engine: runs up to `concurrency` steps at once, keeps a heartbeat, and
 /// recovers the jobs of workers that died.
 ///
-/// Each slot owns one Redis connection (one thread). A slot moves a job from `ready` into this
-/// worker's in-flight list (`LMOVE`/`BLMOVE` inside the claim script), runs the agent's step,
-/// then commits with one script that also claims the next ready job, so a busy slot spends one
-/// round trip per step. Run it inside a `ServiceGroup`: graceful shutdown stops taking jobs,
+/// Each slot owns one Redis connection (one thread) for its blocking `BLMOVE` and its progress
+/// events; the claim, commit and release scripts of all slots share one coalescing connection.
+/// A slot moves a job from `ready` into this worker's in-flight list (`LMOVE`/`BLMOVE` inside the
+/// claim script), runs the agent's step, then commits with one script that also claims the next
+/// ready job, so a busy slot spends at most one round trip per step. Run it inside a `ServiceGroup`: graceful shutdown stops taking jobs,
 /// waits up to ``Configuration/grace`` for running steps, and puts unfinished ones back at the
 /// front of their session.
 public final class Worker: Service, Sendable {
