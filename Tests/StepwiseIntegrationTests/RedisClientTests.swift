@@ -98,6 +98,30 @@ struct RedisClientTests {
         #expect(try await conn.evalScript(script, keys: [], arguments: [4, 5]).int == 9)
     }
 
+    @Test func coalescedScriptCallsFromManyTasksEachGetTheirOwnReply() async throws {
+        let conn = try TestRedis.connection()
+        let script = RedisScript(name: "test-echo-\(UUID().uuidString)", source: "return {KEYS[1], ARGV[1]}")
+        func round() async throws -> Bool {
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                for i in 0..<300 {
+                    group.addTask {
+                        let reply = try await conn.evalScriptCoalesced(script, keys: [RedisArgument("k\(i)")], arguments: [RedisArgument(i)])
+                        return reply.array?.map(\.string) == ["k\(i)", "\(i)"]
+                    }
+                }
+                return try await group.reduce(true) { $0 && $1 }
+            }
+        }
+        #expect(try await round(), "300 concurrent calls, each its own reply")
+        // The server forgets its scripts mid-life: the next batch reloads and still answers each call.
+        _ = try await TestRedis.connection().send(["SCRIPT", "FLUSH"])
+        #expect(try await round(), "after SCRIPT FLUSH")
+        #expect(await conn.connectCount == 1, "no reconnects")
+        // A connection that cannot connect fails every call of the batch, and recovers later.
+        let dead = RedisConnection(configuration: .init(endpoint: try RedisEndpoint(parsing: "redis://127.0.0.1:1")))
+        await #expect(throws: RedisError.self) { _ = try await dead.evalScriptCoalesced(script, keys: ["a"], arguments: [1]) }
+    }
+
     @Test func authAndSelectFromTheURL() async throws {
         let admin = try TestRedis.connection()
         let user = "stepwise-test-\(UUID().uuidString.prefix(8))"
