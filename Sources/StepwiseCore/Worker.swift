@@ -232,6 +232,10 @@ public final class Worker: Service, Sendable {
     private func slot(_ index: Int) async {
         let conn = connection("slot\(index)")
         var next: Claim?
+        // Set when the last commit looked for a next job and `ready` was empty: the slot then
+        // goes straight to `BLMOVE` instead of asking again (one round trip less per step when
+        // the pool is not saturated).
+        var readyWasEmpty = false
         var failures = 0
         while !Task.isCancelled {
             do {
@@ -239,10 +243,11 @@ public final class Worker: Service, Sendable {
                 next = nil
                 if claim == nil {
                     if stopping { break }
-                    claim = try await fetch(conn)
+                    claim = try await fetch(conn, poll: !readyWasEmpty)
                 }
+                readyWasEmpty = false
                 guard let claim else { continue }
-                next = try await process(claim, on: conn)
+                (next, readyWasEmpty) = try await process(claim, on: conn)
                 failures = 0
             } catch is CancellationError {
                 break
@@ -263,9 +268,11 @@ public final class Worker: Service, Sendable {
     }
 
     /// Claims the next job: non-blocking first, then one `BLMOVE` with a bounded timeout.
-    private func fetch(_ conn: RedisConnection) async throws -> Claim? {
-        let reply = try await claim(jobID: "")
-        if !reply.isNull { return Claim(reply) }
+    private func fetch(_ conn: RedisConnection, poll: Bool) async throws -> Claim? {
+        if poll {
+            let reply = try await claim(jobID: "")
+            if !reply.isNull { return Claim(reply) }
+        }
         // `BLMOVE ready inflight LEFT RIGHT timeout`: blocks server-side up to `blockTimeout`;
         // the socket timeout is raised by the same amount for this call.
         let popped = try await conn.send(
@@ -306,9 +313,10 @@ public final class Worker: Service, Sendable {
         var attempts: Int?
     }
 
-    /// Runs one claimed step and commits it; returns the next claim when the commit brought one.
-    private func process(_ claim: Claim, on conn: RedisConnection) async throws -> Claim? {
-        guard case .run(let job) = claim else { return nil }
+    /// Runs one claimed step and commits it; returns the next claim when the commit brought one,
+    /// and whether the commit found `ready` empty.
+    private func process(_ claim: Claim, on conn: RedisConnection) async throws -> (next: Claim?, readyWasEmpty: Bool) {
+        guard case .run(let job) = claim else { return (nil, false) }
         state.withLock { _ = $0.active.insert(job.jobID) }
         defer { state.withLock { _ = $0.active.remove(job.jobID) } }
         var log = logger
@@ -441,7 +449,7 @@ public final class Worker: Service, Sendable {
         return (agent, state, input, context)
     }
 
-    private func commit(_ job: Claim.Job, outcome: Outcome, logger: Logger) async throws -> Claim? {
+    private func commit(_ job: Claim.Job, outcome: Outcome, logger: Logger) async throws -> (next: Claim?, readyWasEmpty: Bool) {
         let fetchNext = !stopping && !Task.isCancelled
         let reply = try await steps.evalScriptCoalesced(
             Scripts.commit, keys: [RedisArgument(keys.ready), RedisArgument(inflightKey)],
@@ -465,8 +473,8 @@ public final class Worker: Service, Sendable {
         case "dead": logger.warning("step dead-lettered", metadata: ["stepwise.reason": .string(outcome.deadReason)])
         default: break
         }
-        if parts.count > 3 { return Claim(parts[3]) }
-        return nil
+        if parts.count > 3 { return (Claim(parts[3]), false) }
+        return (nil, fetchNext)
     }
 
     private func release(_ claim: Claim, reason: String) async throws {
