@@ -67,8 +67,13 @@ struct LoadTestRound {
         var lastPrint = start
         var lastKill = start
         var lastCheck = start - .seconds(1)
+        var lastCount = start - .seconds(1)
         var pending = Array(ids.indices)
-        let finished = try await poll(timeout: params.timeLimit, interval: .milliseconds(20)) {
+        // With --rate, submit in small, frequent batches (about 2 steps each, at least every
+        // 20 ms): a burst of dozens of steps at once would measure the burst's queueing, not the
+        // orchestration overhead.
+        let tick: Duration = params.rate > 0 ? .microseconds(Int64(min(20_000, max(1_000, 2_000_000 / params.rate)))) : .milliseconds(20)
+        let finished = try await poll(timeout: params.timeLimit, interval: tick) {
             let now = ContinuousClock.now
             if params.rate > 0, submitted < total {
                 try await submit(upTo: min(total, Int(params.rate * (now - start).inSeconds) + 1))
@@ -88,7 +93,8 @@ struct LoadTestRound {
                     pending = try await unfinished(pending, ids: ids, keys: keys)
                     done = total - pending.count * params.steps
                 }
-            } else {
+            } else if now - lastCount >= .milliseconds(20) {
+                lastCount = now
                 done = try await conn.send(["HGET", RedisArgument(keys.stats), "committed"]).int ?? 0
             }
             if !json, now - lastPrint >= .seconds(1) {
