@@ -158,34 +158,37 @@ struct DeadCommand: AsyncParsableCommand {
 
     struct Retry: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Run a dead letter again from attempt 1; its session's held steps follow.")
-        @OptionGroup var connection: ConnectionOptions
-        @Argument(help: "The job id (session:sequence).")
-        var job: String
-
-        func validate() throws { try validateJobID(job) }
+        @OptionGroup var target: DeadLetterTarget
 
         func run() async throws {
-            let logger = connection.makeLogger()
-            let conn = try await connection.connect(name: "stepwise:dead", logger: logger)
-            try await reportingFailures { try await DeadLetterQueue(connection: conn, keys: connection.keys).retry(jobID: job) }
-            output("job \(job) is queued again")
+            try await target.act { try await $0.retry(jobID: $1) }
+            output("job \(target.job) is queued again")
         }
     }
 
     struct Purge: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Discard a dead letter (never applied); its session's next steps run.")
-        @OptionGroup var connection: ConnectionOptions
-        @Argument(help: "The job id (session:sequence).")
-        var job: String
-
-        func validate() throws { try validateJobID(job) }
+        @OptionGroup var target: DeadLetterTarget
 
         func run() async throws {
-            let logger = connection.makeLogger()
-            let conn = try await connection.connect(name: "stepwise:dead", logger: logger)
-            try await reportingFailures { try await DeadLetterQueue(connection: conn, keys: connection.keys).purge(jobID: job) }
-            output("job \(job) discarded")
+            try await target.act { try await $0.purge(jobID: $1) }
+            output("job \(target.job) discarded")
         }
+    }
+}
+
+/// The connection and job id that `dead retry` and `dead purge` act on.
+struct DeadLetterTarget: ParsableArguments {
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "The job id (session:sequence), as `dead list` prints it.")
+    var job: String
+
+    func validate() throws { try validateJobID(job) }
+
+    func act(_ action: (DeadLetterQueue, String) async throws -> Void) async throws {
+        let logger = connection.makeLogger()
+        let conn = try await connection.connect(name: "stepwise:dead", logger: logger)
+        try await reportingFailures { try await action(DeadLetterQueue(connection: conn, keys: connection.keys), job) }
     }
 }
 
