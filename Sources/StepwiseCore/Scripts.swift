@@ -61,12 +61,12 @@ enum Scripts {
           end
         end
         -- Drops a cancelled session's job that is its inbox head.
-        local function drop_cancelled(k, sid, jid, seq, now, maxlen, attempt)
+        local function drop_cancelled(k, sid, jid, seq, now, maxlen, attempt, steps)
           if redis.call('LINDEX', k.inbox, 0) == jid then
             redis.call('LPOP', k.inbox)
             redis.call('HDEL', k.jobs, seq, seq .. ':a', seq .. ':t', seq .. ':m')
             redis.call('HSET', k.session, 'holder', '')
-            event(k, maxlen, 'type', 'step.cancelled', 'job', jid, 'attempt', attempt or '0', 'time', now)
+            event(k, maxlen, 'type', 'step.cancelled', 'job', jid, 'step', (tonumber(steps) or 0) + 1, 'attempt', attempt or '0', 'time', now)
           end
         end
         -- Claims a job that is already in this worker's in-flight list. Returns the step to run,
@@ -83,7 +83,7 @@ enum Scripts {
           local s = redis.call('HMGET', k.session, 'agent', 'options', 'state', 'version', 'steps', 'cancelled', 'blocked', 'exp')
           if s[6] then
             redis.call('LREM', inflight, 1, jid)
-            drop_cancelled(k, sid, jid, seq, now, maxlen, j[2])
+            drop_cancelled(k, sid, jid, seq, now, maxlen, j[2], s[5])
             return {'skip', jid}
           end
           if (not j[1]) or (not s[1]) or s[7] or redis.call('LINDEX', k.inbox, 0) ~= jid then
@@ -239,7 +239,7 @@ enum Scripts {
               free_slot(P, sid, limit)
               local attempt = j[1] or '1'
               if cur[6] then
-                drop_cancelled(k, sid, jid, seq, now, maxlen, attempt)
+                drop_cancelled(k, sid, jid, seq, now, maxlen, attempt, cur[3])
                 result = {'cancelled', '', tonumber(cur[2])}
               elseif outcome == 'retry' then
                 local delay = tonumber(ARGV[12])
@@ -327,7 +327,7 @@ enum Scripts {
               redis.call('HINCRBY', k.jobs, seq .. ':a', -1)
             end
             if s[3] then
-              drop_cancelled(k, sid, jid, seq, now, maxlen, attempt)
+              drop_cancelled(k, sid, jid, seq, now, maxlen, attempt, s[2])
               return 1
             end
             redis.call('HSET', k.session, 'holder', '', 'status', 'queued')
@@ -364,7 +364,7 @@ enum Scripts {
                   free_slot(P, sid, ARGV[5])
                   local attempt = redis.call('HGET', k.jobs, seq .. ':a') or '0'
                   if s[3] then
-                    drop_cancelled(k, sid, jid, seq, now, maxlen, attempt)
+                    drop_cancelled(k, sid, jid, seq, now, maxlen, attempt, s[2])
                   else
                     redis.call('HSET', k.session, 'holder', '', 'status', 'queued')
                     redis.call('LPUSH', KEYS[1], jid)

@@ -158,6 +158,7 @@ struct LifecycleTests {
         }
         #expect(stopped)
         let types = try await events(id).map(\.type)
+        #expect(try await events(id).first { $0.type == "step.cancelled" }?.step == 1)
         #expect(!types.contains("step.completed"))
         #expect(types.filter { $0 == "step.started" }.count == 1, "the queued step never runs")
         #expect(try await store.session(id)?.queued == 0)
