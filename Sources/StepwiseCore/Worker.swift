@@ -330,8 +330,7 @@ public final class Worker: Service, Sendable {
         let outcome: Outcome
         if job.attempt > maxAttempts {
             // Delivered more often than allowed without ever finishing: the step kills or hangs
-            // its worker. Never run it again.
-            // This delivery is not run, so the dead letter records the ones that were.
+            // its worker. Never run it again; the dead letter records the deliveries that ran.
             outcome = Outcome(
                 kind: "dead", state: job.state,
                 payload: "delivered \(job.attempt - 1) times without finishing: the worker died or was stopped during each",
@@ -359,12 +358,11 @@ public final class Worker: Service, Sendable {
         let cancelledAlready = state.withLock { s in
             s.running[job.sessionID] = task
             // A cancel seen by the watcher before this step registered still stops it.
-            return s.recentCancels.contains(job.sessionID)
+            guard s.recentCancels.contains(job.sessionID) else { return false }
+            s.cancelled.insert(job.sessionID)
+            return true
         }
-        if cancelledAlready {
-            state.withLock { _ = $0.cancelled.insert(job.sessionID) }
-            task.cancel()
-        }
+        if cancelledAlready { task.cancel() }
         let result = await withTaskCancellationHandler { await task.result } onCancel: { task.cancel() }
         let sessionCancelled = state.withLock { s in
             s.running[job.sessionID] = nil
