@@ -48,7 +48,8 @@ public struct SessionStore: Sendable {
         }
         let valid = rows.compactMap { row in (try? SessionID(row.0)).map { ($0, row.1) } }
         guard !valid.isEmpty else { return [] }
-        let details = try await connection.pipeline(valid.map { ["HMGET", RedisArgument(keys.session($0.0)), "status", "steps", "active"] })
+        let details = try await connection.pipeline(
+            valid.map { ["HMGET", RedisArgument(keys.session($0.0)), "status", "steps", "active"] })
         // The index is refreshed at most every few seconds per session; the hash has the exact time.
         return zip(valid, details).map { row, d in
             let f = d.array ?? []
@@ -86,7 +87,9 @@ public struct SessionStore: Sendable {
         var rows: [QueueInfo.WorkerRow] = []
         if !workers.isEmpty {
             let details = try await connection.pipeline(
-                workers.flatMap { [["LLEN", RedisArgument(keys.inflight(worker: $0.0))], ["PTTL", RedisArgument(keys.heartbeat(worker: $0.0))]] })
+                workers.flatMap {
+                    [["LLEN", RedisArgument(keys.inflight(worker: $0.0))], ["PTTL", RedisArgument(keys.heartbeat(worker: $0.0))]]
+                })
             for (n, wk) in workers.enumerated() {
                 rows.append(
                     .init(id: wk.0, lastHeartbeatAt: wk.1, inflight: details[2 * n].int ?? 0, alive: (details[2 * n + 1].int ?? -2) > 0))

@@ -363,7 +363,11 @@ public final class Worker: Service, Sendable {
             return true
         }
         if cancelledAlready { task.cancel() }
-        let result = await withTaskCancellationHandler { await task.result } onCancel: { task.cancel() }
+        let result = await withTaskCancellationHandler {
+            await task.result
+        } onCancel: {
+            task.cancel()
+        }
         let sessionCancelled = state.withLock { s in
             s.running[job.sessionID] = nil
             return s.cancelled.remove(job.sessionID) != nil
@@ -388,7 +392,8 @@ public final class Worker: Service, Sendable {
             }
             let delay = configuration.retryDelay(afterAttempt: job.attempt)
             logger.info(
-                "step failed, will retry", metadata: [LogKeys.error: "\(error)", "stepwise.retry_ms": .stringConvertible(delay.milliseconds)])
+                "step failed, will retry",
+                metadata: [LogKeys.error: "\(error)", "stepwise.retry_ms": .stringConvertible(delay.milliseconds)])
             return Outcome(kind: "retry", state: job.state, payload: "\(error)", retryDelay: delay)
         }
     }
@@ -423,7 +428,8 @@ public final class Worker: Service, Sendable {
         any Agent, JSONValue, JSONValue, StepContext
     ) {
         guard let agent else {
-            throw StepwiseError(.unknownAgent, "this worker has no agent '\(job.agent)': known agents are \(agents.names.joined(separator: ", "))")
+            throw StepwiseError(
+                .unknownAgent, "this worker has no agent '\(job.agent)': known agents are \(agents.names.joined(separator: ", "))")
         }
         let sessionID = try SessionID(job.sessionID)
         let state = try JSONValue(parsing: job.state, what: "session state")

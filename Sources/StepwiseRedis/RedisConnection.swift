@@ -150,7 +150,8 @@ public actor RedisConnection {
         -> RESPValue
     {
         try await withCheckedThrowingContinuation { continuation in
-            coalesced.append(CoalescedCall(script: script, arguments: [RedisArgument(keys.count)] + keys + arguments, continuation: continuation))
+            coalesced.append(
+                CoalescedCall(script: script, arguments: [RedisArgument(keys.count)] + keys + arguments, continuation: continuation))
             if !flushScheduled {
                 flushScheduled = true
                 // Runs on this actor's thread after the jobs already queued there, which may add

@@ -169,18 +169,18 @@ public enum Ledger {
         var seenJobs = Set<String>()
         var lastSeq = 0
         for (index, event) in events.enumerated() where event.type == "step.completed" {
-            let where_ = "\(id): step.completed of job '\(event.jobID)' (step \(event.step))"
-            if event.session != id.rawValue { problems.append("\(where_) names session '\(event.session)'") }
-            if event.attempt < 1 { problems.append("\(where_) has attempt \(event.attempt)") }
-            if event.time <= 0 { problems.append("\(where_) has no time") }
-            if !seenJobs.insert(event.jobID).inserted { problems.append("\(where_) is the job's second completion") }
+            let context = "\(id): step.completed of job '\(event.jobID)' (step \(event.step))"
+            if event.session != id.rawValue { problems.append("\(context) names session '\(event.session)'") }
+            if event.attempt < 1 { problems.append("\(context) has attempt \(event.attempt)") }
+            if event.time <= 0 { problems.append("\(context) has no time") }
+            if !seenJobs.insert(event.jobID).inserted { problems.append("\(context) is the job's second completion") }
             let seq = event.jobID.split(separator: ":").last.flatMap { Int($0) } ?? 0
-            if seq <= lastSeq { problems.append("\(where_): job sequence \(seq) does not rise (previous \(lastSeq))") }
+            if seq <= lastSeq { problems.append("\(context): job sequence \(seq) does not rise (previous \(lastSeq))") }
             lastSeq = seq
             let started = events[..<index].contains {
                 $0.type == "step.started" && $0.jobID == event.jobID && $0.attempt == event.attempt && $0.step == event.step
             }
-            if !started { problems.append("\(where_) has no step.started of attempt \(event.attempt) before it") }
+            if !started { problems.append("\(context) has no step.started of attempt \(event.attempt) before it") }
         }
         return problems
     }

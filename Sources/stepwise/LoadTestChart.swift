@@ -42,7 +42,8 @@ struct LoadTestChart {
         return s
     }
 
-    private func panel(x: Double, y: Double, w: Double, h: Double, title: String, yLabel: String, series: [Series], counts: [Int]) -> String {
+    private func panel(x: Double, y: Double, w: Double, h: Double, title: String, yLabel: String, series: [Series], counts: [Int]) -> String
+    {
         let yMax = niceCeiling(series.flatMap { $0.points.map(\.y) }.max() ?? 1)
         let logs = counts.map { log2(Double(Swift.max($0, 1))) }
         var lo = logs.min() ?? 0
@@ -55,7 +56,8 @@ struct LoadTestChart {
         func px(_ workers: Int) -> Double { x + 20 + (log2(Double(Swift.max(workers, 1))) - lo) / span * (w - 40) }
         func py(_ v: Double) -> Double { y + h - v / yMax * h }
         var s = "<g>\n"
-        s += "<text x=\"\(x + w / 2)\" y=\"\(y - 12)\" text-anchor=\"middle\" font-size=\"14\" font-weight=\"bold\">\(escape(title))</text>\n"
+        s +=
+            "<text x=\"\(x + w / 2)\" y=\"\(y - 12)\" text-anchor=\"middle\" font-size=\"14\" font-weight=\"bold\">\(escape(title))</text>\n"
         // Grid and y ticks.
         for i in 0...5 {
             let v = yMax * Double(i) / 5
@@ -78,14 +80,17 @@ struct LoadTestChart {
             let dash = ser.dashed ? " stroke-dasharray=\"6 4\"" : ""
             s += "<polyline points=\"\(pts)\" fill=\"none\" stroke=\"\(ser.color)\" stroke-width=\"2\"\(dash)/>\n"
             for p in ser.points {
-                s += "<circle cx=\"\(fmt(px(p.x)))\" cy=\"\(fmt(py(p.y)))\" r=\"3.5\" fill=\"\(ser.color)\"><title>\(p.x) workers: \(label(p.y))</title></circle>\n"
+                s +=
+                    "<circle cx=\"\(fmt(px(p.x)))\" cy=\"\(fmt(py(p.y)))\" r=\"3.5\" fill=\"\(ser.color)\"><title>\(p.x) workers: \(label(p.y))</title></circle>\n"
                 if !ser.dashed {
-                    s += "<text x=\"\(fmt(px(p.x)))\" y=\"\(fmt(py(p.y) - 8))\" text-anchor=\"middle\" font-size=\"10\" fill=\"\(ser.color)\">\(label(p.y))</text>\n"
+                    s +=
+                        "<text x=\"\(fmt(px(p.x)))\" y=\"\(fmt(py(p.y) - 8))\" text-anchor=\"middle\" font-size=\"10\" fill=\"\(ser.color)\">\(label(p.y))</text>\n"
                 }
             }
             // Legend, below the x axis label.
             let ly = y + h + 60 + Double(i) * 16
-            s += "<line x1=\"\(x)\" y1=\"\(ly - 4)\" x2=\"\(x + 24)\" y2=\"\(ly - 4)\" stroke=\"\(ser.color)\" stroke-width=\"2\"\(dash)/>\n"
+            s +=
+                "<line x1=\"\(x)\" y1=\"\(ly - 4)\" x2=\"\(x + 24)\" y2=\"\(ly - 4)\" stroke=\"\(ser.color)\" stroke-width=\"2\"\(dash)/>\n"
             s += "<text x=\"\(x + 30)\" y=\"\(ly)\">\(escape(ser.name))</text>\n"
         }
         return s + "</g>\n"
@@ -107,7 +112,9 @@ struct LoadTestChart {
     private func fmt(_ v: Double) -> String { String(format: "%.1f", v) }
 
     private func escape(_ s: String) -> String {
-        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
-            .replacingOccurrences(of: "\"", with: "&quot;")
+        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(
+            of: ">", with: "&gt;"
+        )
+        .replacingOccurrences(of: "\"", with: "&quot;")
     }
 }

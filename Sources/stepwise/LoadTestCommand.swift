@@ -194,7 +194,8 @@ struct LoadTestCommand: AsyncParsableCommand {
         }
         if let out {
             let doc = LoadTestReport.resultsDocument(command: self, machine: machine, date: started, rounds: rows, memory: [])
-            let chart = LoadTestChart(rows: rows, title: "Stepwise load test", subtitle: LoadTestReport.chartSubtitle(params, machine: machine, date: started))
+            let chart = LoadTestChart(
+                rows: rows, title: "Stepwise load test", subtitle: LoadTestReport.chartSubtitle(params, machine: machine, date: started))
             try writeOutput(doc, chart: chart.svg(), to: out)
         }
         if rows.contains(where: { !$0.errors.isEmpty }) { throw ExitCode.failure }

@@ -82,11 +82,16 @@ extension LoadTestCommand {
         let keys = try KeySpace(namespace: "\(connection.keys.namespace)-mem-\(runID)")
         let warmKeys = try KeySpace(namespace: "\(connection.keys.namespace)-memw-\(runID)")
         let pool = LoadTestWorkerPool(
-            arguments: ["--namespace", keys.namespace, "--concurrency", String(concurrency), "--log-level", connection.logLevel ?? "error"],
+            arguments: [
+                "--namespace", keys.namespace, "--concurrency", String(concurrency), "--log-level", connection.logLevel ?? "error",
+            ],
             redisURL: connection.redisURL, idPrefix: "mem-\(runID)")
         for _ in 0..<2 { try pool.start() }
         let store = SessionStore(connection: conn, keys: keys)
-        guard try await poll(timeout: .seconds(30), interval: .milliseconds(100), until: { try await store.queueInfo().workers.filter(\.alive).count == 2 })
+        guard
+            try await poll(
+                timeout: .seconds(30), interval: .milliseconds(100),
+                until: { try await store.queueInfo().workers.filter(\.alive).count == 2 })
         else { throw StepwiseError(.invalidConfiguration, "the 2 worker processes did not register within 30 s") }
 
         // The state document is {"count":1,"inputs":[{"pad":"xxx…"}]}: 31 bytes + the filler.

@@ -1,9 +1,10 @@
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 import StepwiseCore
 import StepwiseRedis
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// One result row of the load test: one worker count.
 struct RoundResult: Sendable {
@@ -104,7 +105,8 @@ enum LoadTestReport {
     static func tableRow(_ r: RoundResult, kills: Bool) -> String {
         var cols = [
             pad(r.workers, 7), pad(Int(r.stepsPerSecond.rounded()), 7), pad(String(format: "%.2f", r.scalingEfficiency), 9),
-            pad(r.p50, 5), pad(r.p90, 5), pad(r.p99, 5), pad(r.max, 5), pad(r.overheadP50, 14), pad(r.claimToCommitOverheadP50, 15), pad(Int(r.redisCommandsPerSecond), 11),
+            pad(r.p50, 5), pad(r.p90, 5), pad(r.p99, 5), pad(r.max, 5), pad(r.overheadP50, 14), pad(r.claimToCommitOverheadP50, 15),
+            pad(Int(r.redisCommandsPerSecond), 11),
             pad(Int(r.redisCPU * 100), 10), pad(r.workersCPU.map { String(Int($0 * 100)) } ?? "-", 12),
         ]
         if kills {
@@ -126,7 +128,8 @@ enum LoadTestReport {
     }
 
     static func chartSubtitle(_ p: LoadTestParameters, machine: MachineInfo, date: Date) -> String {
-        var s = "\(p.sessions) sessions × \(p.steps) steps, \(p.agent.rawValue) agent, step \(p.stepMs) ms, concurrency \(p.concurrency)/worker"
+        var s =
+            "\(p.sessions) sessions × \(p.steps) steps, \(p.agent.rawValue) agent, step \(p.stepMs) ms, concurrency \(p.concurrency)/worker"
         if let k = p.killEvery { s += ", kill -9 every \(k.inSeconds) s" }
         return s + " · \(machine.cores) cores, \(machine.uname), redis \(machine.redisVersion) · \(isoDate(date))"
     }

@@ -118,7 +118,8 @@ struct LoadTestRound {
             // Say where the work stands, before the workers stop and hand their jobs back.
             let q = try await SessionStore(connection: conn, keys: keys).queueInfo()
             let ws = q.workers.map { "\($0.id) inflight \($0.inflight)\($0.alive ? "" : " DEAD")" }.joined(separator: ", ")
-            stuck = "ready \(q.ready), workers [\(ws)], stats \(q.stats.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))"
+            stuck =
+                "ready \(q.ready), workers [\(ws)], stats \(q.stats.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))"
         }
         await pool?.stopAll()
 
@@ -170,8 +171,13 @@ struct LoadTestRound {
         var overhead = Histogram<UInt64>(highestTrackableValue: 3_600_000)
         var recovery = Histogram<UInt64>(highestTrackableValue: 3_600_000)
         var inWorker = Histogram<UInt64>(highestTrackableValue: 3_600_000)
-        var orderViolations = 0, duplicates = 0, missing = 0, incompleteStreams = 0, failedSteps = 0
-        var recoveredSteps = 0, sessionsHit = 0
+        var orderViolations = 0
+        var duplicates = 0
+        var missing = 0
+        var incompleteStreams = 0
+        var failedSteps = 0
+        var recoveredSteps = 0
+        var sessionsHit = 0
         for chunk in stride(from: 0, to: ids.count, by: 100) {
             let part = Array(ids[chunk..<min(chunk + 100, ids.count)])
             let perSession = ledger ? 2 : 1

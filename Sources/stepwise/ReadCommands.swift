@@ -106,17 +106,23 @@ struct SessionsCommand: AsyncParsableCommand {
         if !json { output("SESSION".padding(toLength: 40, withPad: " ", startingAt: 0) + "STATUS    STEPS  LAST ACTIVE") }
         for r in rows {
             if json {
-                output(JSONValue.object(["session": .string(r.id), "status": .string(r.status), "steps": .number(Double(r.steps)), "lastActive": .number(Double(r.lastActiveAt))]).jsonString)
+                output(
+                    JSONValue.object([
+                        "session": .string(r.id), "status": .string(r.status), "steps": .number(Double(r.steps)),
+                        "lastActive": .number(Double(r.lastActiveAt)),
+                    ]).jsonString)
             } else {
-                output(r.id.padding(toLength: 40, withPad: " ", startingAt: 0) + r.status.padding(toLength: 10, withPad: " ", startingAt: 0)
-                    + String(r.steps).padding(toLength: 7, withPad: " ", startingAt: 0) + formatTime(r.lastActiveAt))
+                output(
+                    r.id.padding(toLength: 40, withPad: " ", startingAt: 0) + r.status.padding(toLength: 10, withPad: " ", startingAt: 0)
+                        + String(r.steps).padding(toLength: 7, withPad: " ", startingAt: 0) + formatTime(r.lastActiveAt))
             }
         }
     }
 }
 
 struct QueueCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "queue", abstract: "Show the ready depth and what each worker holds in flight.")
+    static let configuration = CommandConfiguration(
+        commandName: "queue", abstract: "Show the ready depth and what each worker holds in flight.")
 
     @OptionGroup var connection: ConnectionOptions
 
@@ -129,7 +135,10 @@ struct QueueCommand: AsyncParsableCommand {
         let info = try await reportingFailures { try await SessionStore(connection: conn, keys: connection.keys).queueInfo() }
         if json {
             let workers: [JSONValue] = info.workers.map {
-                ["worker": .string($0.id), "inflight": .number(Double($0.inflight)), "alive": .bool($0.alive), "lastHeartbeat": .number(Double($0.lastHeartbeatAt))]
+                [
+                    "worker": .string($0.id), "inflight": .number(Double($0.inflight)), "alive": .bool($0.alive),
+                    "lastHeartbeat": .number(Double($0.lastHeartbeatAt)),
+                ]
             }
             let stats = JSONValue.object(info.stats.mapValues { .number(Double($0)) })
             output(
@@ -146,7 +155,9 @@ struct QueueCommand: AsyncParsableCommand {
         output("dead       \(info.dead)  (see stepwise dead list)")
         output("workers    \(info.workers.count)")
         for w in info.workers {
-            output("  \(w.id.padding(toLength: 40, withPad: " ", startingAt: 0)) inflight \(w.inflight)  \(w.alive ? "alive" : "DEAD (reaper will recover its jobs)")")
+            output(
+                "  \(w.id.padding(toLength: 40, withPad: " ", startingAt: 0)) inflight \(w.inflight)  \(w.alive ? "alive" : "DEAD (reaper will recover its jobs)")"
+            )
         }
         for (k, v) in info.stats.sorted(by: { $0.key < $1.key }) { output("\(k.padding(toLength: 10, withPad: " ", startingAt: 0)) \(v)") }
     }

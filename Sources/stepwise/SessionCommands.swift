@@ -115,8 +115,10 @@ struct DeadCommand: AsyncParsableCommand {
                 } else {
                     let error = d.error.count > 80 ? String(d.error.prefix(80)) + "…" : d.error
                     output(
-                        d.jobID.padding(toLength: 44, withPad: " ", startingAt: 0) + String(d.attempts).padding(toLength: 10, withPad: " ", startingAt: 0)
-                            + String(d.heldSteps).padding(toLength: 6, withPad: " ", startingAt: 0) + formatTime(d.time) + "  \(d.reason): \(error)")
+                        d.jobID.padding(toLength: 44, withPad: " ", startingAt: 0)
+                            + String(d.attempts).padding(toLength: 10, withPad: " ", startingAt: 0)
+                            + String(d.heldSteps).padding(toLength: 6, withPad: " ", startingAt: 0) + formatTime(d.time)
+                            + "  \(d.reason): \(error)")
                 }
             }
         }
@@ -157,7 +159,8 @@ struct DeadCommand: AsyncParsableCommand {
     }
 
     struct Retry: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Run a dead letter again from attempt 1; its session's held steps follow.")
+        static let configuration = CommandConfiguration(
+            abstract: "Run a dead letter again from attempt 1; its session's held steps follow.")
         @OptionGroup var target: DeadLetterTarget
 
         func run() async throws {

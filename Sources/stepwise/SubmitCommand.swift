@@ -32,7 +32,10 @@ struct SubmitCommand: AsyncParsableCommand {
     @Option(help: "Largest accepted input in bytes.")
     var maxInputBytes: Int = 256 * 1024
 
-    @Option(help: "Seconds of inactivity after which the session's keys expire, 0 for never (default for a new session: 1800); given for an existing session, it replaces the stored TTL.")
+    @Option(
+        help:
+            "Seconds of inactivity after which the session's keys expire, 0 for never (default for a new session: 1800); given for an existing session, it replaces the stored TTL."
+    )
     var ttl: Double?
 
     @Option(help: "Deliveries of this step before it is dead-lettered (1-1000; default: the agent's or the worker's --max-attempts).")
@@ -56,7 +59,8 @@ struct SubmitCommand: AsyncParsableCommand {
         }
         let size = try parsedInput().jsonString.utf8.count
         guard size <= maxInputBytes else {
-            throw ValidationError("--input is \(size) bytes, over the limit of \(maxInputBytes) bytes: send less, or raise --max-input-bytes")
+            throw ValidationError(
+                "--input is \(size) bytes, over the limit of \(maxInputBytes) bytes: send less, or raise --max-input-bytes")
         }
         _ = try parsedOptions()
         if let idempotencyKey, idempotencyKey.isEmpty || idempotencyKey.utf8.count > 200 {
@@ -96,7 +100,8 @@ struct SubmitCommand: AsyncParsableCommand {
         let conn = try await connection.connect(name: "stepwise:submit", logger: logger)
         let dispatcher = Dispatcher(
             connection: conn, keys: connection.keys, agents: .builtIn, configuration: .init(maxInputBytes: maxInputBytes))
-        let sessionID = try session.map { try parseSessionID($0, flag: "--session") }
+        let sessionID =
+            try session.map { try parseSessionID($0, flag: "--session") }
             ?? SessionID(String(UUID().uuidString.prefix(13)).lowercased())
         let receipt = try await reportingFailures {
             try await dispatcher.submit(
@@ -105,7 +110,10 @@ struct SubmitCommand: AsyncParsableCommand {
                     idempotencyKey: idempotencyKey, ttl: try ttl.map(ttlDuration), maxAttempts: maxAttempts))
         }
         if json {
-            output(JSONValue.object(["job": .string(receipt.jobID), "session": .string(sessionID.rawValue), "enqueued": .bool(receipt.enqueued)]).jsonString)
+            output(
+                JSONValue.object([
+                    "job": .string(receipt.jobID), "session": .string(sessionID.rawValue), "enqueued": .bool(receipt.enqueued),
+                ]).jsonString)
         } else {
             output("\(receipt.enqueued ? "accepted" : "duplicate of") job \(receipt.jobID) (session \(sessionID))")
         }
@@ -162,7 +170,9 @@ func describe(_ e: StepEvent) -> String {
     if e.attempt > 1 { line += " (attempt \(e.attempt))" }
     if let m = e.fields["message"] { line += "  \(m)" }
     if let o = e.fields["outcome"] { line += "  outcome=\(o)" }
-    if let d = e.fields["data"], !d.isEmpty, d != "null", e.type != "step.progress" { line += "  \(d.count > 200 ? String(d.prefix(200)) + "…" : d)" }
+    if let d = e.fields["data"], !d.isEmpty, d != "null", e.type != "step.progress" {
+        line += "  \(d.count > 200 ? String(d.prefix(200)) + "…" : d)"
+    }
     if let r = e.fields["reason"] { line += "  reason=\(r)" }
     if let r = e.fields["error"] { line += "  error=\(r.count > 200 ? String(r.prefix(200)) + "…" : r)" }
     if let r = e.fields["delay"] { line += "  retry in \(r) ms" }

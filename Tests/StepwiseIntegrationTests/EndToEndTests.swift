@@ -32,7 +32,9 @@ struct EndToEndTests {
         // Submit while the workers run: step by step across all sessions, so sessions interleave.
         let dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn)
         for step in 0..<steps {
-            let batch = sessions.map { Submission(session: $0, agent: "counter", input: ["n": .number(Double(step)), "s": .string($0.rawValue)]) }
+            let batch = sessions.map {
+                Submission(session: $0, agent: "counter", input: ["n": .number(Double(step)), "s": .string($0.rawValue)])
+            }
             let receipts = try await dispatcher.submit(batch)
             #expect(receipts.allSatisfy { $0.enqueued })
         }
@@ -74,7 +76,8 @@ struct EndToEndTests {
         let worker = try ChildProcess(binary: binary, arguments: ["worker", "--concurrency", "2"] + common)
         defer { if worker.isRunning { worker.signal(SIGKILL) } }
 
-        let submit = try await runBinary(["submit", "--session", "cli1", "--agent", "quiz", "--input", #"{"topic":"Swift","questions":2}"#, "--wait", "--json"] + common)
+        let submit = try await runBinary(
+            ["submit", "--session", "cli1", "--agent", "quiz", "--input", #"{"topic":"Swift","questions":2}"#, "--wait", "--json"] + common)
         #expect(submit.status == 0, "\(submit.stderr)")
         let lines = submit.stdout.split(separator: "\n")
         #expect(lines.first?.contains(#""job":"cli1:1""#) == true)
@@ -95,8 +98,10 @@ struct EndToEndTests {
         #expect(s["version"]?.intValue == 4 && s["steps"]?.intValue == 4)
         #expect(s["state"]?["questions"]?.arrayValue?.count == 2)
 
-        let dup1 = try await runBinary(["submit", "--session", "cli2", "--agent", "echo", "--input", "1", "--idempotency-key", "k", "--json"] + common)
-        let dup2 = try await runBinary(["submit", "--session", "cli2", "--agent", "echo", "--input", "2", "--idempotency-key", "k", "--json"] + common)
+        let dup1 = try await runBinary(
+            ["submit", "--session", "cli2", "--agent", "echo", "--input", "1", "--idempotency-key", "k", "--json"] + common)
+        let dup2 = try await runBinary(
+            ["submit", "--session", "cli2", "--agent", "echo", "--input", "2", "--idempotency-key", "k", "--json"] + common)
         #expect(try JSONValue(parsing: dup1.stdout)["job"] == JSONValue(parsing: dup2.stdout)["job"])
         #expect(try JSONValue(parsing: dup2.stdout)["enqueued"] == false)
 
@@ -120,7 +125,10 @@ struct EndToEndTests {
         (["sessions", "--limit", "0"], "--limit"),
         // A 1 MB id cannot pass through argv (128 KiB per argument); SessionIDTests covers it.
         (["submit", "--session", String(repeating: "x", count: 100_000), "--agent", "echo"], "invalid session id"),
-        (["submit", "--agent", "echo", "--max-input-bytes", "100", "--input", "\"" + String(repeating: "y", count: 200) + "\""], "over the limit"),
+        (
+            ["submit", "--agent", "echo", "--max-input-bytes", "100", "--input", "\"" + String(repeating: "y", count: 200) + "\""],
+            "over the limit"
+        ),
         (["submit", "--agent", "echo", "--ttl", "0.5"], "--ttl"),
         (["submit", "--agent", "echo", "--max-attempts", "0"], "--max-attempts"),
         (["worker", "--max-attempts", "0"], "--max-attempts"),

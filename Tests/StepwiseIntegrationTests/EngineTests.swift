@@ -30,7 +30,8 @@ struct EngineTests {
 
     @Test func submitCreatesTheSessionAndReturnsAtOnce() async throws {
         let id = try SessionID("s1")
-        let receipt = try await dispatcher.submit(Submission(session: id, agent: "counter", owner: "ann", input: "hello", options: ["model": "small"]))
+        let receipt = try await dispatcher.submit(
+            Submission(session: id, agent: "counter", owner: "ann", input: "hello", options: ["model": "small"]))
         #expect(receipt.jobID == "s1:1")
         #expect(receipt.enqueued)
         let s = try #require(try await store.session(id))

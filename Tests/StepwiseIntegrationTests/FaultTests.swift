@@ -33,7 +33,9 @@ struct FaultTests {
     @Test func ledgerCheckCatchesLostDuplicatedAndReorderedSteps() async throws {
         let keys = try TestRedis.uniqueKeys()
         let conn = try TestRedis.connection(name: "fault-ledger")
-        func write(_ id: SessionID, inputs: [JSONValue], steps: Int, events: [(type: String, job: Int, step: Int, attempt: Int)]) async throws {
+        func write(_ id: SessionID, inputs: [JSONValue], steps: Int, events: [(type: String, job: Int, step: Int, attempt: Int)])
+            async throws
+        {
             let state: JSONValue = ["count": .number(Double(inputs.count)), "inputs": .array(inputs)]
             var commands: [[RedisArgument]] = [
                 [
@@ -53,23 +55,29 @@ struct FaultTests {
         let one: JSONValue = ["n": 1]
         let two: JSONValue = ["n": 2]
         let good = try SessionID("l-good")
-        try await write(good, inputs: [one, two], steps: 2, events: [
-            ("step.started", 1, 1, 1), ("step.completed", 1, 1, 1), ("step.started", 2, 2, 1), ("step.started", 2, 2, 2),
-            ("step.completed", 2, 2, 2),
-        ])
+        try await write(
+            good, inputs: [one, two], steps: 2,
+            events: [
+                ("step.started", 1, 1, 1), ("step.completed", 1, 1, 1), ("step.started", 2, 2, 1), ("step.started", 2, 2, 2),
+                ("step.completed", 2, 2, 2),
+            ])
         var report = try await Ledger.check(keys: keys, conn: conn, sessions: [good], expected: [good: [one, two]])
         #expect(report.isClean, "\(report)")
 
         let lost = try SessionID("l-lost")
         try await write(lost, inputs: [one], steps: 1, events: [("step.started", 1, 1, 1), ("step.completed", 1, 1, 1)])
         let twice = try SessionID("l-twice")
-        try await write(twice, inputs: [one, one], steps: 2, events: [
-            ("step.started", 1, 1, 1), ("step.completed", 1, 1, 1), ("step.started", 1, 2, 2), ("step.completed", 1, 2, 2),
-        ])
+        try await write(
+            twice, inputs: [one, one], steps: 2,
+            events: [
+                ("step.started", 1, 1, 1), ("step.completed", 1, 1, 1), ("step.started", 1, 2, 2), ("step.completed", 1, 2, 2),
+            ])
         let swapped = try SessionID("l-swapped")
-        try await write(swapped, inputs: [two, one], steps: 2, events: [
-            ("step.started", 1, 1, 1), ("step.completed", 1, 1, 1), ("step.completed", 2, 2, 1),
-        ])
+        try await write(
+            swapped, inputs: [two, one], steps: 2,
+            events: [
+                ("step.started", 1, 1, 1), ("step.completed", 1, 1, 1), ("step.completed", 2, 2, 1),
+            ])
         _ = try await conn.send(["RPUSH", RedisArgument(keys.inflight(worker: "w")), "l-lost:2"])
         report = try await Ledger.check(
             keys: keys, conn: conn, sessions: [lost, twice, swapped], expected: [lost: [one, two], twice: [one], swapped: [one, two]])
@@ -509,7 +517,9 @@ struct FaultTests {
         let id = try SessionID("f-idle")
         let inputs: [JSONValue] = (1...3).map { ["n": .number(Double($0))] }
         for input in inputs {
-            let r = try await pool.cli(["submit", "--session", id.rawValue, "--agent", "counter", "--input", input.jsonString, "--ttl", "2"])
+            let r = try await pool.cli([
+                "submit", "--session", id.rawValue, "--agent", "counter", "--input", input.jsonString, "--ttl", "2",
+            ])
             #expect(r.status == 0, "\(r)")
         }
         let ran = await eventually(timeout: .seconds(10), interval: .milliseconds(20)) { await allSteps(conn, keys, [id], equal: 3) }
@@ -531,7 +541,9 @@ struct FaultTests {
         #expect(touch.status == 0, "\(touch)")
         let afterTouch = try await pttl()
         #expect(afterTouch > before + 300, "touch refreshed the TTL (PTTL \(before) → \(afterTouch))")
-        _ = await eventually(timeout: .seconds(3), interval: .milliseconds(20)) { ContinuousClock.now > originalExpiry + .milliseconds(300) }
+        _ = await eventually(timeout: .seconds(3), interval: .milliseconds(20)) {
+            ContinuousClock.now > originalExpiry + .milliseconds(300)
+        }
         #expect(
             try await conn.send(["EXISTS", RedisArgument(keys.session(id))]).int == 1, "alive past its original expiry after touch")
 

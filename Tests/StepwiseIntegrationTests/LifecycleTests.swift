@@ -117,7 +117,9 @@ struct LifecycleTests {
         await #expect(throws: StepwiseError.self) { _ = try await dispatcher.submit(Submission(session: id, input: 1)) }
         // A batch with one bad submission sends none of them.
         await #expect(throws: StepwiseError.self) {
-            _ = try await dispatcher.submit([Submission(session: id, agent: "echo", input: 1), Submission(session: id, agent: "echo", input: big)])
+            _ = try await dispatcher.submit([
+                Submission(session: id, agent: "echo", input: 1), Submission(session: id, agent: "echo", input: big),
+            ])
         }
         #expect(try await store.session(id) == nil)
         #expect(try await conn.send(["EXISTS", RedisArgument(keys.inbox(id)), RedisArgument(keys.events(id))]).int == 0)

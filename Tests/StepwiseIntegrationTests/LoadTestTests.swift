@@ -79,13 +79,19 @@ struct LoadTestTests {
         // A namespace already in use: a session of someone else, and a large committed counter.
         let other = try SessionID("lt0")
         _ = try await conn.send(["HSET", RedisArgument(keys.stats), "committed", 1_000_000])
-        let worker = try ChildProcess(binary: binary, arguments: ["worker", "--redis", url, "--namespace", keys.namespace, "--concurrency", "4"])
+        let worker = try ChildProcess(
+            binary: binary, arguments: ["worker", "--redis", url, "--namespace", keys.namespace, "--concurrency", "4"])
         defer { if worker.isRunning { worker.signal(SIGKILL) } }
-        let submit = try await runBinary(["submit", "--redis", url, "--namespace", keys.namespace, "--session", other.rawValue, "--agent", "counter", "--wait"])
+        let submit = try await runBinary([
+            "submit", "--redis", url, "--namespace", keys.namespace, "--session", other.rawValue, "--agent", "counter", "--wait",
+        ])
         #expect(submit.status == 0, "\(submit.stderr)")
 
         let r = try await runBinary(
-            ["loadtest", "--redis", url, "--namespace", keys.namespace, "--external", "--workers", "1", "--sessions", "10", "--steps", "3", "--json"],
+            [
+                "loadtest", "--redis", url, "--namespace", keys.namespace, "--external", "--workers", "1", "--sessions", "10", "--steps",
+                "3", "--json",
+            ],
             timeout: .seconds(60))
         #expect(r.status == 0, "stdout: \(r.stdout)\nstderr: \(r.stderr)")
         let row = try JSONValue(parsing: String(r.stdout.split(separator: "\n").last ?? ""))

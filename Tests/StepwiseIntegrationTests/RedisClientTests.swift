@@ -105,7 +105,8 @@ struct RedisClientTests {
             try await withThrowingTaskGroup(of: Bool.self) { group in
                 for i in 0..<300 {
                     group.addTask {
-                        let reply = try await conn.evalScriptCoalesced(script, keys: [RedisArgument("k\(i)")], arguments: [RedisArgument(i)])
+                        let reply = try await conn.evalScriptCoalesced(
+                            script, keys: [RedisArgument("k\(i)")], arguments: [RedisArgument(i)])
                         return reply.array?.map(\.string) == ["k\(i)", "\(i)"]
                     }
                 }
