@@ -8,6 +8,10 @@ import Logging
 /// no suspension between `redisAppendCommandArgv` and `redisGetReply`, so actor reentrancy can
 /// never interleave replies, and Swift's cooperative pool never blocks on a socket.
 ///
+/// A process that uses it must ignore `SIGPIPE` (`signal(SIGPIPE, SIG_IGN)`, as the `stepwise`
+/// executable does): hiredis writes with `write(2)`, and a write to a socket the server closed
+/// would otherwise kill the process instead of failing with `EPIPE`.
+///
 /// After any I/O error the context is freed; the next call reconnects, waiting first with
 /// exponential backoff when the previous attempts failed. Every new context gets the socket
 /// timeout and TCP keep-alive again (hiredis does not keep them across reconnects), then `AUTH`,

@@ -4,6 +4,7 @@ import ServiceLifecycle
 import StepwiseAgents
 import StepwiseCore
 import StepwiseRedis
+import Synchronization
 
 /// Test support: where the throwaway redis-server is, unique namespaces, bounded waits.
 ///
@@ -44,46 +45,81 @@ public func eventually(
 }
 
 /// A child process (a worker of the built binary), stopped on demand.
+///
+/// Started with `posix_spawn` and an empty signal mask with every signal at its default action,
+/// as a shell or systemd would start it, so tests run workers (and redis-server) under the
+/// signal settings of production. Foundation's `Process` passes on the test runner's own mask,
+/// in which SIGTERM is blocked and SIGPIPE and SIGHUP are ignored.
 public final class ChildProcess: Sendable {
-    private let process: Process
     /// The process id.
     public let pid: Int32
     /// Path of the file that captures stdout and stderr.
     public let logPath: String
+    /// The raw `waitpid` status, once the process was reaped.
+    private let reaped = Mutex<Int32?>(nil)
 
     /// Starts `binary` with `arguments` and `environment` added to this process's own.
     public init(binary: String, arguments: [String], environment: [String: String] = [:]) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("stepwise-child-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        let handle = try FileHandle(forWritingTo: log)
-        process.standardOutput = handle
-        process.standardError = handle
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        self.process = process
-        self.pid = process.processIdentifier
+        let env = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attributes, &none)
+        var every = sigset_t()
+        sigfillset(&every)
+        posix_spawnattr_setsigdefault(&attributes, &every)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, log.path, O_WRONLY | O_APPEND, 0)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        let argv: [UnsafeMutablePointer<CChar>?] = ([binary] + arguments).map { strdup($0) } + [nil]
+        let envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for p in argv + envp { free(p) } }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, binary, &actions, &attributes, argv, envp)
+        guard rc == 0 else {
+            throw StepwiseError(.invalidConfiguration, "cannot start \(binary): \(String(cString: strerror(rc)))")
+        }
+        self.pid = child
         self.logPath = log.path
     }
 
     /// Sends a signal.
     public func signal(_ sig: Int32) { kill(pid, sig) }
 
-    /// Whether the process still runs.
-    public var isRunning: Bool { process.isRunning }
+    /// Whether the process still runs (reaps it when it has exited).
+    public var isRunning: Bool { exitStatus == nil }
+
+    /// The exit code, or the number of the signal that ended the process; `nil` while it runs.
+    public var exitStatus: Int32? {
+        reaped.withLock { status in
+            if status == nil {
+                var raw: Int32 = 0
+                let r = waitpid(pid, &raw, WNOHANG)
+                if r == pid { status = raw } else if r < 0 { status = 0 }
+            }
+            guard let raw = status else { return nil }
+            // WIFEXITED / WEXITSTATUS / WTERMSIG, which Swift cannot import as macros.
+            return raw & 0x7f == 0 ? (raw >> 8) & 0xff : raw & 0x7f
+        }
+    }
 
     /// Waits up to `timeout` for the process to exit; returns its status or nil.
     public func wait(timeout: Duration) async -> Int32? {
-        let ok = await eventually(timeout: timeout, interval: .milliseconds(20)) { !process.isRunning }
-        return ok ? process.terminationStatus : nil
+        let ok = await eventually(timeout: timeout, interval: .milliseconds(20)) { !isRunning }
+        return ok ? exitStatus : nil
     }
 
     /// SIGTERM, wait, then SIGKILL if needed: never leaves a process behind.
     public func stop(timeout: Duration = .seconds(10)) async -> Int32? {
-        guard process.isRunning else { return process.terminationStatus }
+        if let status = exitStatus { return status }
         signal(SIGTERM)
         if let status = await wait(timeout: timeout) { return status }
         signal(SIGKILL)

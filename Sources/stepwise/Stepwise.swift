@@ -19,6 +19,10 @@ struct Stepwise: AsyncParsableCommand {
     /// Rejects arguments that are not valid UTF-8 before parsing (Swift would silently repair
     /// them), then runs the command.
     static func main() async {
+        // hiredis writes with write(2): a write to a socket Redis already closed (CLIENT KILL, a
+        // restart) would raise SIGPIPE, whose default action kills the process. Ignored, the
+        // write fails with EPIPE and the connection reconnects like after any I/O error.
+        signal(SIGPIPE, SIG_IGN)
         for i in 1..<Int(CommandLine.argc) {
             guard let raw = CommandLine.unsafeArgv[i], String(validatingCString: raw) != nil else {
                 printError("argument \(i) is not valid UTF-8: pass text in UTF-8 (JSON escapes like \\u00e9 work in --input)")

@@ -147,6 +147,23 @@ struct EndToEndTests {
         #expect(first.contains(expected), "stderr: \(r.stderr)")
     }
 
+    @Test func childProcessesStartWithDefaultSignalSettings() async throws {
+        // The test runner blocks or ignores some signals; its children must not inherit that.
+        let child = try ChildProcess(binary: "/bin/sleep", arguments: ["30"])
+        defer { child.signal(SIGKILL) }
+        let status = try String(contentsOfFile: "/proc/\(child.pid)/status", encoding: .utf8)
+        let fields = Dictionary(
+            status.split(separator: "\n").compactMap { line -> (String, String)? in
+                let kv = line.split(separator: ":", maxSplits: 1)
+                return kv.count == 2 ? (String(kv[0]), kv[1].trimmingCharacters(in: .whitespaces)) : nil
+            }, uniquingKeysWith: { a, _ in a })
+        // Signals 1-31 (glibc keeps its own real-time signals 32 and 33 to itself).
+        func standard(_ name: String) -> UInt64? { fields[name].flatMap { UInt64($0, radix: 16) }.map { $0 & 0x7fff_ffff } }
+        #expect(standard("SigBlk") == 0, "nothing blocked: \(fields["SigBlk"] ?? "?")")
+        #expect(standard("SigIgn") == 0, "nothing ignored: \(fields["SigIgn"] ?? "?")")
+        #expect(await child.stop(timeout: .seconds(5)) == SIGTERM, "SIGTERM ends it: not blocked")
+    }
+
     @Test func invalidUTF8ArgumentsAreRejectedBeforeAnythingRuns() async throws {
         let binary = try #require(TestRedis.binary)
         let process = Process()
