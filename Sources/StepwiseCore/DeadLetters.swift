@@ -9,7 +9,7 @@ public struct DeadLetter: Sendable, Hashable {
     public var jobID: String
     public var session: String
     public var agent: String
-    /// Why it was dead-lettered: `attempts exhausted`, `poison`, `invalid session state`, ...
+    /// Why it was dead-lettered: `attempts exhausted`, `poison`, `invalid job` or `invalid result`.
     public var reason: String
     /// The last error, as text.
     public var error: String

@@ -45,7 +45,7 @@ public struct Dispatcher: Sendable {
         /// Idle time after which all of a new session's keys expire; `nil` keeps sessions forever.
         public var sessionTTL: Duration?
         /// Approximate cap (`MAXLEN ~`) of each session's event stream, for the events the
-        /// dispatcher writes (`session.cancelled`, dead-letter actions).
+        /// dispatcher writes (`session.cancelled`).
         public var eventsMaxLength: Int
 
         public init(maxInputBytes: Int = 256 * 1024, sessionTTL: Duration? = .seconds(30 * 60), eventsMaxLength: Int = 1000) {
@@ -132,7 +132,7 @@ public struct Dispatcher: Sendable {
                 RedisArgument(s.owner ?? ""), RedisArgument(s.options?.jsonString ?? ""), RedisArgument(input),
                 RedisArgument(s.idempotencyKey ?? ""), RedisArgument(now), RedisArgument(ttl.map(String.init) ?? ""),
                 RedisArgument(initialState.jsonString), RedisArgument(s.maxAttempts.map(String.init) ?? ""),
-                RedisArgument(defaultTTL), RedisArgument(configuration.eventsMaxLength),
+                RedisArgument(defaultTTL),
             ]
         )
     }

@@ -58,7 +58,8 @@ public struct KeySpace: Sendable, Hashable {
     public func session(_ id: SessionID) -> String { prefix + "s:{" + id.rawValue + "}" }
     /// LIST of the session's pending job ids, in the order they will apply.
     public func inbox(_ id: SessionID) -> String { session(id) + ":inbox" }
-    /// HASH of the session's pending jobs: `seq` → input JSON, `seq:a` → attempts, `seq:t` → submit time.
+    /// HASH of the session's pending jobs: `seq` → input JSON, `seq:a` → deliveries, `seq:t` → submit time,
+    /// `seq:m` → the submit's attempt limit (only when given).
     public func jobs(_ id: SessionID) -> String { session(id) + ":jobs" }
     /// HASH of idempotency key → job id.
     public func idempotency(_ id: SessionID) -> String { session(id) + ":idem" }

@@ -118,7 +118,7 @@ enum Scripts {
     /// KEYS: session, inbox, jobs, idem, ready, events.
     /// ARGV: prefix, sid, agent, owner, options ('' keeps), input, idempotency key (''), now ms,
     ///       ttl ms ('' keeps; for a new session '' means the default), initial state,
-    ///       max attempts (''), default ttl ms, maxlen.
+    ///       max attempts (''), default ttl ms.
     /// Returns `{job id, 1}` when enqueued, `{job id, 0}` for a duplicate; errors start with `STEPWISE`.
     static let submit = RedisScript(
         name: "submit",
