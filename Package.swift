@@ -6,6 +6,11 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("MemberImportVisibility"),
 ]
 
+let luaScripts = [
+    "prelude", "submit", "claim", "commit", "release", "reap", "heartbeat", "progress", "promote", "cancel", "touch",
+    "dead_letter", "sweep",
+]
+
 let package = Package(
     name: "stepwise",
     platforms: [.macOS(.v15)],
@@ -39,11 +44,16 @@ let package = Package(
             name: "StepwiseCore",
             dependencies: [
                 "StepwiseRedis",
+                "CStepwiseCrash",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            // The protocol's Lua scripts, one file each, compiled into the binary (no bundle to ship).
+            resources: luaScripts.map { .embedInCode("Lua/\($0).lua") },
             swiftSettings: swiftSettings
         ),
+        // A crash signal handler that tells Redis this worker crashed (async-signal-safe C).
+        .target(name: "CStepwiseCrash"),
         .target(
             name: "StepwiseAgents",
             dependencies: ["StepwiseCore"],

@@ -38,8 +38,11 @@ public struct CounterAgent: Agent {
 /// input's `fault` field asks for trouble first:
 /// - `"throw"`: throws on every attempt (retried, then dead-lettered);
 /// - `"throw-once"`: throws on attempt 1 only;
-/// - `"crash"`: kills its own worker process with SIGKILL on every delivery (a poison step);
-/// - `"crash-once"`: kills the worker on attempt 1 only;
+/// - `"crash"`: crashes its own worker process (a trap, as a failed precondition would) on every
+///   delivery: a poison step;
+/// - `"crash-once"`: crashes the worker that way on attempt 1 only;
+/// - `"kill-once"`: kills its own worker with SIGKILL on attempt 1 only (as an operator or the OOM
+///   killer would: not the step's fault, never blamed on it);
 /// - `"hang"`: sleeps `ms` (default 60 000) milliseconds, cancellably, then records the input;
 /// - `"garbage"`: returns a state document of 5 MiB (over the worker's default 4 MiB state limit).
 public struct FaultAgent: Agent {
@@ -59,9 +62,10 @@ public struct FaultAgent: Agent {
         case "throw-once" where context.attempt == 1:
             throw InjectedFault(description: "injected fault on the first attempt")
         case "crash":
-            kill(getpid(), SIGKILL)
-            try await Task.sleep(for: .seconds(60))
+            fatalError("injected crash (attempt \(context.attempt))")
         case "crash-once" where context.attempt == 1:
+            fatalError("injected crash on the first attempt")
+        case "kill-once" where context.attempt == 1:
             kill(getpid(), SIGKILL)
             try await Task.sleep(for: .seconds(60))
         case "hang":

@@ -74,10 +74,13 @@ public struct StepContext: Sendable {
     public var logger: Logger
     let emitter: @Sendable (String, JSONValue) async throws -> Void
 
-    /// A key that is the same for every attempt of this step: `<session>:<step>`.
+    /// A key that is the same for every attempt of this job and different for every other job,
+    /// for ever: the job id, whose number comes from a pool-wide counter that never goes back
+    /// (not after `dead purge`, nor when a session id is created again). It only repeats if
+    /// Redis itself loses that counter (a restart without persistence, or `FLUSHALL`).
     ///
     /// Pass it to external APIs that de-duplicate requests so a retried step does not act twice.
-    public var idempotencyKey: String { "\(sessionID.rawValue):\(step)" }
+    public var idempotencyKey: String { jobID }
 
     /// Creates a context. Workers make these; tests of an agent can too.
     public init(

@@ -67,21 +67,17 @@ public struct DeadLetterQueue: Sendable {
     /// Clears the dead letter and runs the step again from attempt 1; the session's held steps follow.
     ///
     /// - Throws: ``StepwiseError`` with ``StepwiseError/Code/notDeadLetter`` when it is not a dead letter.
-    public func retry(jobID: String) async throws { try await act(jobID: jobID, action: "retry") }
+    public func retry(jobID: String) async throws { try await act(jobID: jobID, action: .retry) }
 
     /// Discards the dead step (it is never applied) and releases the session's next step.
     ///
     /// - Throws: ``StepwiseError`` with ``StepwiseError/Code/notDeadLetter`` when it is not a dead letter.
-    public func purge(jobID: String) async throws { try await act(jobID: jobID, action: "purge") }
+    public func purge(jobID: String) async throws { try await act(jobID: jobID, action: .purge) }
 
-    private func act(jobID: String, action: String) async throws {
-        let reply = try await connection.evalScript(
-            Scripts.deadLetter, keys: [],
-            arguments: [
-                RedisArgument(keys.prefix), RedisArgument(jobID), RedisArgument(action),
-                RedisArgument(Dispatcher.nowMillis()), RedisArgument(eventsMaxLength),
-            ])
-        if case .error(let message) = reply { throw Dispatcher.mapError(message) }
+    private func act(jobID: String, action: ScriptCalls.DeadLetterAction) async throws {
+        let call = ScriptCalls(keys: keys, eventsMaxLength: eventsMaxLength).deadLetter(
+            jobID: jobID, action: action, now: Dispatcher.nowMillis())
+        _ = try await connection.run(call)
     }
 
     private func letter(of id: SessionID) async throws -> DeadLetter? {

@@ -76,28 +76,59 @@ public struct Dispatcher: Sendable {
     /// Submits one step and returns as soon as Redis accepted it (one round trip).
     ///
     /// - Throws: ``StepwiseError`` for an unknown agent, an oversized input, an agent or owner
-    ///   mismatch, or a missing session without an agent; ``RedisError`` when Redis is unreachable.
+    ///   mismatch, or a missing session without an agent; ``RedisError`` when Redis is unreachable;
+    ///   ``RedisServerError`` with the `OOM` reply when Redis is out of memory.
     public func submit(_ submission: Submission) async throws -> SubmitReceipt {
-        try await submit([submission])[0]
+        try await submit([submission])[0].get()
     }
 
-    /// Submits several steps in one pipelined round trip, in order.
+    /// Submits several steps in one round trip, in order, and returns one result per submission:
+    /// its receipt, or the error that rejected it.
     ///
-    /// Validation runs on all of them first, so a bad one rejects the batch before anything is sent.
-    public func submit(_ submissions: [Submission]) async throws -> [SubmitReceipt] {
+    /// What is atomic: each submission on its own (one script call: the session, the job and its
+    /// idempotency key are written together or not at all). The batch is sent as one `MULTI`/`EXEC`
+    /// transaction, so no other client's command runs between its submissions, but a submission
+    /// rejected by validation (here or in the script) does not undo the others. When Redis refuses
+    /// the whole transaction (out of memory), every submission gets that error and none was
+    /// enqueued. When the connection fails, every submission that was sent gets the
+    /// ``RedisError``: the transaction may or may not have run, so check with
+    /// ``SessionStore`` or re-submit with an idempotency key.
+    public func submit(_ submissions: [Submission]) async -> [Result<SubmitReceipt, any Error>] {
         let now = Self.nowMillis()
-        let calls = try submissions.map { s in try call(for: s, now: now) }
-        let replies = try await connection.evalScriptPipelined(Scripts.submit, calls: calls)
-        return try replies.map { reply in
-            if case .error(let message) = reply { throw Self.mapError(message) }
-            guard let parts = reply.array, parts.count == 2, let jid = parts[0].string, let flag = parts[1].int else {
-                throw StepwiseError(.unexpectedReply, "submit script returned \(reply)")
+        var results = [Result<SubmitReceipt, any Error>?](repeating: nil, count: submissions.count)
+        var calls: [ScriptCall] = []
+        var sent: [Int] = []
+        for (i, s) in submissions.enumerated() {
+            do {
+                calls.append(scripts.submit(try arguments(for: s), now: now))
+                sent.append(i)
+            } catch {
+                results[i] = .failure(error)
             }
-            return SubmitReceipt(jobID: jid, enqueued: flag == 1)
         }
+        if !calls.isEmpty {
+            do {
+                let script = Scripts.submit
+                let replies = try await connection.evalScriptPipelined(script, calls: calls.map { ($0.keys, $0.arguments) })
+                for (i, reply) in zip(sent, replies) { results[i] = Self.receipt(from: reply) }
+            } catch {
+                for i in sent { results[i] = .failure(error) }
+            }
+        }
+        return results.map { $0 ?? .failure(StepwiseError(.unexpectedReply, "no reply for a submission")) }
     }
 
-    private func call(for s: Submission, now: Int64) throws -> (keys: [RedisArgument], arguments: [RedisArgument]) {
+    private static func receipt(from reply: RESPValue) -> Result<SubmitReceipt, any Error> {
+        if case .error(let message) = reply { return .failure(ScriptCalls.mapError(message)) }
+        guard let parts = reply.array, parts.count == 2, let jid = parts[0].string, let flag = parts[1].int else {
+            return .failure(StepwiseError(.unexpectedReply, "submit script returned \(reply)"))
+        }
+        return .success(SubmitReceipt(jobID: jid, enqueued: flag == 1))
+    }
+
+    private var scripts: ScriptCalls { ScriptCalls(keys: keys, eventsMaxLength: configuration.eventsMaxLength) }
+
+    private func arguments(for s: Submission) throws -> ScriptCalls.SubmitArguments {
         var initialState = JSONValue.object([:])
         if let name = s.agent {
             guard let agent = agents[name] else {
@@ -119,22 +150,11 @@ public struct Dispatcher: Sendable {
         if let n = s.maxAttempts, !(1...1000).contains(n) {
             throw StepwiseError(.invalidConfiguration, "max attempts \(n) is out of range: use 1-1000")
         }
-        let ttl = try s.ttl.map { try Self.ttlMilliseconds($0) }
-        let id = s.session
-        let defaultTTL = configuration.sessionTTL.map { $0.milliseconds } ?? 0
-        return (
-            keys: [
-                RedisArgument(keys.session(id)), RedisArgument(keys.inbox(id)), RedisArgument(keys.jobs(id)),
-                RedisArgument(keys.idempotency(id)), RedisArgument(keys.ready), RedisArgument(keys.events(id)),
-            ],
-            arguments: [
-                RedisArgument(keys.prefix), RedisArgument(id.rawValue), RedisArgument(s.agent ?? ""),
-                RedisArgument(s.owner ?? ""), RedisArgument(s.options?.jsonString ?? ""), RedisArgument(input),
-                RedisArgument(s.idempotencyKey ?? ""), RedisArgument(now), RedisArgument(ttl.map(String.init) ?? ""),
-                RedisArgument(initialState.jsonString), RedisArgument(s.maxAttempts.map(String.init) ?? ""),
-                RedisArgument(defaultTTL),
-            ]
-        )
+        return ScriptCalls.SubmitArguments(
+            session: s.session, agent: s.agent, owner: s.owner, options: s.options?.jsonString, input: input,
+            idempotencyKey: s.idempotencyKey, ttlMilliseconds: try s.ttl.map { try Self.ttlMilliseconds($0) },
+            initialState: initialState.jsonString, maxAttempts: s.maxAttempts,
+            defaultTTLMilliseconds: configuration.sessionTTL.map { $0.milliseconds } ?? 0)
     }
 
     /// A TTL in whole milliseconds: zero (no expiry) or 1 s to 30 days.
@@ -153,13 +173,7 @@ public struct Dispatcher: Sendable {
     ///   `nil` when the session was already cancelled.
     /// - Throws: ``StepwiseError`` with ``StepwiseError/Code/sessionNotFound`` when there is no such session.
     public func cancel(_ id: SessionID, reason: String) async throws -> (dropped: Int, running: String?)? {
-        let reply = try await connection.evalScript(
-            Scripts.cancel, keys: [],
-            arguments: [
-                RedisArgument(keys.prefix), RedisArgument(id.rawValue), RedisArgument(reason),
-                RedisArgument(Self.nowMillis()), RedisArgument(configuration.eventsMaxLength),
-            ])
-        if case .error(let message) = reply { throw Self.mapError(message) }
+        let reply = try await connection.run(scripts.cancel(session: id, reason: reason, now: Self.nowMillis()))
         guard let p = reply.array, p.count == 3, let done = p[0].int else {
             throw StepwiseError(.unexpectedReply, "cancel script returned \(reply)")
         }
@@ -173,30 +187,14 @@ public struct Dispatcher: Sendable {
     /// - Returns: when the session's keys now expire (ms since 1970), or `nil` when it never expires.
     public func touch(_ id: SessionID, ttl: Duration? = nil) async throws -> Int64? {
         let ms = try ttl.map { try Self.ttlMilliseconds($0) }
-        let reply = try await connection.evalScript(
-            Scripts.touch, keys: [],
-            arguments: [
-                RedisArgument(keys.prefix), RedisArgument(id.rawValue), RedisArgument(Self.nowMillis()),
-                RedisArgument(ms.map(String.init) ?? ""),
-            ])
-        if case .error(let message) = reply { throw Self.mapError(message) }
+        let reply = try await connection.run(scripts.touch(session: id, now: Self.nowMillis(), ttlMilliseconds: ms))
         return reply.string.flatMap { Int64($0) }
     }
 
-    static func mapError(_ message: String) -> any Error {
-        guard message.hasPrefix("STEPWISE ") else { return RedisServerError(message) }
-        let rest = message.dropFirst("STEPWISE ".count)
-        let code = rest.prefix(while: { $0 != " " })
-        let text = String(rest.dropFirst(code.count + 1))
-        switch code {
-        case "session_not_found": return StepwiseError(.sessionNotFound, text)
-        case "agent_mismatch": return StepwiseError(.agentMismatch, text)
-        case "not_owner": return StepwiseError(.notOwner, text)
-        case "cancelled": return StepwiseError(.sessionCancelled, text)
-        case "not_dead": return StepwiseError(.notDeadLetter, text)
-        default: return StepwiseError(.unexpectedReply, String(rest))
-        }
-    }
-
     static func nowMillis() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+}
+
+extension Array where Element == Result<SubmitReceipt, any Error> {
+    /// The receipts, when every submission was accepted; otherwise throws the first error.
+    public func receipts() throws -> [SubmitReceipt] { try map { try $0.get() } }
 }

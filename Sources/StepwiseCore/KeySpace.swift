@@ -50,6 +50,12 @@ public struct KeySpace: Sendable, Hashable {
     public var expiry: String { prefix + "expiry" }
     /// ZSET of cancelled session ids, scored by a cancel sequence number that workers follow.
     public var cancels: String { prefix + "cancels" }
+    /// STRING counter that never goes back: job numbers, fencing tokens and incarnations come
+    /// from it, so none of them repeats for a session id, ever.
+    public var sequence: String { prefix + "seq" }
+    /// STRING written by a worker's crash signal handler: the reaper blames the step that worker
+    /// ran alone (and only then) for the crash.
+    public func crashMarker(worker: String) -> String { prefix + "crash:" + worker }
     /// LIST of the job ids a worker process holds (the reliable-queue in-flight list).
     public func inflight(worker: String) -> String { prefix + "inflight:" + worker }
     /// STRING with a TTL that a live worker keeps refreshing.

@@ -6,6 +6,7 @@ public struct StepwiseError: Error, Sendable, CustomStringConvertible {
             case invalidSessionID, invalidJSON, inputTooLarge, unknownAgent, agentMismatch, notOwner
             case sessionNotFound, jobDecodeFailed, sessionVersionConflict, stepTimedOut, shutdownInProgress
             case invalidConfiguration, unexpectedReply, sessionCancelled, notDeadLetter, unsafeRedisConfiguration
+            case invalidArgument, holdLost
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -40,6 +41,11 @@ public struct StepwiseError: Error, Sendable, CustomStringConvertible {
         public static let notDeadLetter = Code(.notDeadLetter)
         /// Redis is configured in a way that can lose jobs (eviction on, or no append-only file).
         public static let unsafeRedisConfiguration = Code(.unsafeRedisConfiguration)
+        /// A protocol script refused an argument before writing anything.
+        public static let invalidArgument = Code(.invalidArgument)
+        /// The worker no longer holds the session its step runs for (it was presumed dead and the
+        /// step went to another worker): the step's progress and commit change nothing.
+        public static let holdLost = Code(.holdLost)
         /// Redis answered something the engine did not expect.
         public static let unexpectedReply = Code(.unexpectedReply)
 

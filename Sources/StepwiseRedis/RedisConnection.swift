@@ -98,6 +98,15 @@ public actor RedisConnection {
         clientID = nil
     }
 
+    /// Connects and returns the connection's socket descriptor, for a connection used for
+    /// nothing else: a crash handler's last write (see `CStepwiseCrash`). Sending commands on
+    /// the connection afterwards would interleave with such a write.
+    public func rawDescriptor() async throws -> Int32 {
+        try await ensureConnected()
+        guard let ctx = context else { throw RedisError(.io, "not connected", address: address) }
+        return chiredis_fd(ctx)
+    }
+
     /// Sends one command and returns its reply (error replies are returned, not thrown).
     ///
     /// - Parameters:
@@ -233,7 +242,13 @@ public actor RedisConnection {
                 + [["EXEC"]]
             let replies = try pipelineNow(commands)
             guard let exec = replies.last else { break }
-            if case .error = exec { return Array(repeating: exec, count: calls.count) }
+            if case .error = exec {
+                // EXECABORT: each queued command's own refusal (an OOM, say) tells why, so return
+                // that rather than the bare EXECABORT.
+                let queued = replies.dropFirst().dropLast()
+                guard queued.count == calls.count else { return Array(repeating: exec, count: calls.count) }
+                return queued.map { reply in if case .error = reply { reply } else { exec } }
+            }
             guard let results = exec.array, results.count == calls.count else {
                 throw RedisServerError("ERR unexpected EXEC reply \(exec)")
             }

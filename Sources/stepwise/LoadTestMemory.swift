@@ -109,7 +109,7 @@ extension LoadTestCommand {
             let batch = ids[chunk..<min(chunk + 500, count)].map {
                 Submission(session: $0, agent: "counter", input: ["pad": .string(filler)], idempotencyKey: "msg-\($0.rawValue)-1")
             }
-            _ = try await dispatcher.submit(Array(batch))
+            _ = try await dispatcher.submit(Array(batch)).receipts()
         }
         var result = MemoryResult()
         result.sessions = count

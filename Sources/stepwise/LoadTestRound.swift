@@ -53,7 +53,7 @@ struct LoadTestRound {
         func submit(upTo target: Int) async throws {
             while submitted < target {
                 let end = min(target, submitted + 500)
-                _ = try await dispatcher.submit((submitted..<end).map(submission))
+                _ = try await dispatcher.submit((submitted..<end).map(submission)).receipts()
                 submitted = end
             }
         }

@@ -117,7 +117,7 @@ struct FaultTests {
                 batch.append(Submission(session: id, agent: "counter", input: input, options: options))
                 expected[id, default: []].append(input)
             }
-            let receipts = try await dispatcher.submit(batch)
+            let receipts = try await dispatcher.submit(batch).receipts()
             let accepted = receipts.allSatisfy { $0.enqueued }
             #expect(accepted)
         }
@@ -171,7 +171,7 @@ struct FaultTests {
         let id = try SessionID("b-long")
         let inputs: [JSONValue] = [["n": 1], ["n": 2, "fault": "hang", "ms": 3000], ["n": 3]]
         let dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn)
-        let receipts = try await dispatcher.submit(inputs.map { Submission(session: id, agent: "fault", input: $0) })
+        let receipts = try await dispatcher.submit(inputs.map { Submission(session: id, agent: "fault", input: $0) }).receipts()
         let longJob = receipts[1].jobID
 
         let victim = try pool.start(id: "b-w1", concurrency: 1)
@@ -230,7 +230,7 @@ struct FaultTests {
                 batch.append(Submission(session: id, agent: "counter", input: input, options: step == 1 ? ["ms": 50] : nil))
                 expected[id, default: []].append(input)
             }
-            let accepted = try await dispatcher.submit(batch).allSatisfy { $0.enqueued }
+            let accepted = try await dispatcher.submit(batch).receipts().allSatisfy { $0.enqueued }
             #expect(accepted)
         }
 
@@ -314,7 +314,7 @@ struct FaultTests {
                 expected[id, default: []].append(input)
             }
         }
-        let receipts = try await dispatcher.submit(batch)
+        let receipts = try await dispatcher.submit(batch).receipts()
         let poisonJobs = zip(batch, receipts).filter { $0.0.session == poison }.map(\.1.jobID)
         let poisonJob = poisonJobs[2]
 
@@ -400,7 +400,7 @@ struct FaultTests {
         let id = try SessionID("d-thrower")
         let inputs: [JSONValue] = [["n": 1], ["n": 2, "fault": "throw"], ["n": 3]]
         let receipts = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn)
-            .submit(inputs.map { Submission(session: id, agent: "fault", input: $0) })
+            .submit(inputs.map { Submission(session: id, agent: "fault", input: $0) }).receipts()
         let job = receipts[1].jobID
 
         func deadList() async -> [JSONValue] { (try? await pool.cli(["dead", "list", "--json"]))?.jsonObjects ?? [] }
@@ -456,7 +456,7 @@ struct FaultTests {
         let id = try SessionID("e-cancel")
         let inputs: [JSONValue] = [["n": 1, "fault": "hang", "ms": 30000], ["n": 2], ["n": 3], ["n": 4]]
         let dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn)
-        let receipts = try await dispatcher.submit(inputs.map { Submission(session: id, agent: "fault", input: $0) })
+        let receipts = try await dispatcher.submit(inputs.map { Submission(session: id, agent: "fault", input: $0) }).receipts()
         let hanging = receipts[0].jobID
         let queued = Set(receipts[1...].map(\.jobID))
         let started = await eventually(timeout: .seconds(30)) {
@@ -484,7 +484,7 @@ struct FaultTests {
         // chance to run, which they must not).
         let other = try SessionID("e-other")
         let otherInputs: [JSONValue] = (1...3).map { ["n": .number(Double($0))] }
-        _ = try await dispatcher.submit(otherInputs.map { Submission(session: other, agent: "counter", input: $0, options: ["ms": 100]) })
+        _ = try await dispatcher.submit(otherInputs.map { Submission(session: other, agent: "counter", input: $0, options: ["ms": 100]) }).receipts()
         let served = await eventually(timeout: .seconds(20)) { await allSteps(conn, keys, [other], equal: 3) }
         #expect(served, "the worker served another session after the cancel: \(worker.output.suffix(1500))")
         all = try await events(conn, keys, id)
@@ -580,7 +580,7 @@ struct FaultTests {
                 expected[id, default: []].append(input)
             }
         }
-        _ = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn).submit(batch)
+        _ = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn).submit(batch).receipts()
         for i in 0..<3 { try pool.start(id: "g-w\(i)", concurrency: 4, extra: ["--max-active-sessions", "2"]) }
 
         // Sample every ~20 ms (one atomic read of every status) until all steps are applied.
@@ -622,7 +622,7 @@ struct FaultTests {
         let id = try SessionID("h-stale")
         let inputs: [JSONValue] = [["n": 1, "fault": "hang", "ms": 4000], ["n": 2]]
         let receipts = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn)
-            .submit(inputs.map { Submission(session: id, agent: "fault", input: $0) })
+            .submit(inputs.map { Submission(session: id, agent: "fault", input: $0) }).receipts()
         let job = receipts[0].jobID
         let started = await eventually(timeout: .seconds(30)) {
             (try? await events(conn, keys, id))?.contains { $0.type == "step.started" && $0.jobID == job } == true
@@ -663,7 +663,7 @@ struct FaultTests {
         let id = try SessionID("i-same-id")
         let inputs: [JSONValue] = [["n": 1, "fault": "hang", "ms": 3000], ["n": 2]]
         let receipts = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn)
-            .submit(inputs.map { Submission(session: id, agent: "fault", input: $0) })
+            .submit(inputs.map { Submission(session: id, agent: "fault", input: $0) }).receipts()
         let job = receipts[0].jobID
         let first = try pool.start(id: "i-w1", concurrency: 1)
         let started = await eventually(timeout: .seconds(30)) {
@@ -704,7 +704,7 @@ struct FaultTests {
         let id = try SessionID("j-grace")
         let inputs: [JSONValue] = [["n": 1, "fault": "hang", "ms": 3000], ["n": 2]]
         let receipts = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn)
-            .submit(inputs.map { Submission(session: id, agent: "fault", input: $0) })
+            .submit(inputs.map { Submission(session: id, agent: "fault", input: $0) }).receipts()
         let job = receipts[0].jobID
         let leaving = try pool.start(id: "j-w1", concurrency: 1)
         let started = await eventually(timeout: .seconds(30)) {
@@ -750,7 +750,7 @@ struct FaultTests {
                 expected[id, default: []].append(input)
             }
         }
-        _ = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn).submit(batch)
+        _ = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn).submit(batch).receipts()
         let total = sessions.count * steps
         var kills = 0
         for _ in 0..<3 {
@@ -827,7 +827,7 @@ struct FaultTests {
                 expected[id, default: []].append(input)
             }
         }
-        _ = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn).submit(batch)
+        _ = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn).submit(batch).receipts()
         var started = 0
         for _ in 0..<3 {
             try pool.start(id: "k-w\(started)", concurrency: 3)

@@ -40,7 +40,7 @@ struct LifecycleTests {
     @Test func aThrowingStepIsRetriedThenDeadLetteredAndBlocksItsSessionUntilPurged() async throws {
         let id = try SessionID("retry")
         _ = try await dispatcher.submit(Submission(session: id, agent: "fault", input: ["n": 0]))
-        _ = try await dispatcher.submit(Submission(session: id, input: ["n": 1, "fault": "throw"]))
+        let job = try await dispatcher.submit(Submission(session: id, input: ["n": 1, "fault": "throw"])).jobID
         _ = try await dispatcher.submit(Submission(session: id, input: ["n": 2]))
         let blocked = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config(maxAttempts: 3)) {
             await eventually(timeout: .seconds(20)) { (try? await store.session(id))?.deadLetter != nil }
@@ -48,19 +48,19 @@ struct LifecycleTests {
         #expect(blocked)
         let s = try #require(try await store.session(id))
         #expect(s.status == .failed)
-        #expect(s.deadLetter == "retry:2")
+        #expect(s.deadLetter == job)
         #expect(s.queued == 2, "the dead step and the one held behind it")
         #expect(s.state["inputs"]?.arrayValue?.compactMap { $0["n"]?.intValue } == [0])
-        let types = try await events(id).filter { $0.jobID == "retry:2" }.map(\.type)
+        let types = try await events(id).filter { $0.jobID == job }.map(\.type)
         #expect(types == ["step.started", "step.retrying", "step.started", "step.retrying", "step.started", "step.dead"])
-        let letter = try #require(try await dead.show(jobID: "retry:2"))
+        let letter = try #require(try await dead.show(jobID: job))
         #expect(letter.attempts == 3)
         #expect(letter.reason == "attempts exhausted")
         #expect(letter.error.contains("injected fault"))
         #expect(letter.heldSteps == 1)
-        #expect(try await dead.list().map(\.jobID) == ["retry:2"])
+        #expect(try await dead.list().map(\.jobID) == [job])
 
-        try await dead.purge(jobID: "retry:2")
+        try await dead.purge(jobID: job)
         #expect(try await dead.list().isEmpty)
         let resumed = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config()) {
             await eventually(timeout: .seconds(20)) { (try? await store.session(id))?.steps == 2 }
@@ -69,7 +69,8 @@ struct LifecycleTests {
         let after = try #require(try await store.session(id))
         #expect(after.state["inputs"]?.arrayValue?.compactMap { $0["n"]?.intValue } == [0, 2], "the purged step is never applied")
         #expect(after.status == .waiting)
-        await #expect(throws: StepwiseError.self) { try await dead.retry(jobID: "retry:2") }
+        let notDead = await #expect(throws: StepwiseError.self) { try await dead.retry(jobID: job) }
+        #expect(notDead?.code == .notDeadLetter)
     }
 
     @Test func aStepThatFailsOnceSucceedsOnItsSecondAttempt() async throws {
@@ -87,9 +88,9 @@ struct LifecycleTests {
 
     @Test func aSubmitsMaxAttemptsOverridesTheWorkers() async throws {
         let id = try SessionID("once")
-        _ = try await dispatcher.submit(Submission(session: id, agent: "fault", input: ["fault": "throw"], maxAttempts: 1))
+        let job = try await dispatcher.submit(Submission(session: id, agent: "fault", input: ["fault": "throw"], maxAttempts: 1)).jobID
         let isDead = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config(maxAttempts: 5)) {
-            await eventually(timeout: .seconds(20)) { (try? await dead.show(jobID: "once:1")) != nil }
+            await eventually(timeout: .seconds(20)) { (try? await dead.show(jobID: job)) != nil }
         }
         #expect(isDead)
         #expect(try await events(id).filter { $0.type == "step.started" }.count == 1)
@@ -97,12 +98,12 @@ struct LifecycleTests {
 
     @Test func anOversizedResultIsDeadLetteredAtOnce() async throws {
         let id = try SessionID("garbage")
-        _ = try await dispatcher.submit(Submission(session: id, agent: "fault", input: ["fault": "garbage"]))
+        let job = try await dispatcher.submit(Submission(session: id, agent: "fault", input: ["fault": "garbage"])).jobID
         let isDead = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config()) {
-            await eventually(timeout: .seconds(20)) { (try? await dead.show(jobID: "garbage:1")) != nil }
+            await eventually(timeout: .seconds(20)) { (try? await dead.show(jobID: job)) != nil }
         }
         #expect(isDead)
-        let letter = try #require(try await dead.show(jobID: "garbage:1"))
+        let letter = try #require(try await dead.show(jobID: job))
         #expect(letter.reason == "invalid result")
         #expect(letter.error.contains("over the limit"))
         #expect(letter.attempts == 1)
@@ -115,14 +116,23 @@ struct LifecycleTests {
         await #expect(throws: StepwiseError.self) { _ = try await dispatcher.submit(Submission(session: id, agent: "echo", input: big)) }
         await #expect(throws: StepwiseError.self) { _ = try await dispatcher.submit(Submission(session: id, agent: "nope", input: 1)) }
         await #expect(throws: StepwiseError.self) { _ = try await dispatcher.submit(Submission(session: id, input: 1)) }
-        // A batch with one bad submission sends none of them.
-        await #expect(throws: StepwiseError.self) {
-            _ = try await dispatcher.submit([
-                Submission(session: id, agent: "echo", input: 1), Submission(session: id, agent: "echo", input: big),
-            ])
-        }
         #expect(try await store.session(id) == nil)
         #expect(try await conn.send(["EXISTS", RedisArgument(keys.inbox(id)), RedisArgument(keys.events(id))]).int == 0)
+        // A batch answers each submission: the bad one gets its error and writes nothing, the good
+        // ones are enqueued and keep their receipts.
+        let results = await dispatcher.submit([
+            Submission(session: id, agent: "echo", input: 1), Submission(session: id, agent: "echo", input: big),
+            Submission(session: id, agent: "echo", input: 3),
+        ])
+        #expect(results.count == 3)
+        let first = try results[0].get()
+        let third = try results[2].get()
+        #expect(first.enqueued && third.enqueued && first.jobID != third.jobID)
+        #expect(throws: StepwiseError.self) { try results[1].get() }
+        if case .failure(let error as StepwiseError) = results[1] { #expect(error.code == .inputTooLarge) } else { Issue.record("no typed error") }
+        #expect(throws: StepwiseError.self) { _ = try results.receipts() }
+        let inbox = try await conn.send(["LRANGE", RedisArgument(keys.inbox(id)), 0, -1]).array?.compactMap(\.string)
+        #expect(inbox == [first.jobID, third.jobID])
     }
 
     @Test func cancelDropsQueuedStepsAndRefusesLaterSubmits() async throws {

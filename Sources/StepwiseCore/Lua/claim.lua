@@ -1,0 +1,23 @@
+#!lua
+-- claim: claims a job for this worker: the given one (already moved into its in-flight list by
+-- BLMOVE), or the next one from `ready` (moved here with LMOVE). See `claim` in prelude.lua for
+-- the fence. Marks the session running under a fresh fencing token and appends `step.started`.
+-- KEYS[1] ready   KEYS[2] this worker's in-flight list
+-- ARGV[1] prefix  ARGV[2] worker id  ARGV[3] now ms  ARGV[4] job id or ''  ARGV[5] events maxlen
+-- ARGV[6] active-session limit (0 = none)
+-- Returns nil when `ready` is empty, {'skip', jid}, {'unregistered', jid}, or the claim
+-- {'run', jid, sid, agent, options, state, version, step, attempt, input, holder, submitted,
+--  max attempts, failures, quarantined}.
+local P = prefix_arg(ARGV[1])
+local worker = worker_arg(ARGV[2])
+local now = int_arg(ARGV[3], 'now', 0)
+local jid = ARGV[4]
+local maxlen = int_arg(ARGV[5], 'maxlen', 1)
+local limit = int_arg(ARGV[6], 'active limit', 0)
+need(KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'in-flight key does not belong to worker ' .. worker)
+if jid == '' then
+  if redis.call('EXISTS', P .. 'worker:' .. worker) == 0 then return {'unregistered', ''} end
+  jid = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not jid then return false end
+end
+return claim(P, KEYS[2], worker, now, maxlen, limit, jid)

@@ -1,0 +1,109 @@
+#!lua
+-- commit: ends one step if and only if this worker still holds the session with this token.
+--  continue|wait|done|fail: writes the state at version + 1, appends `step.completed`
+--    (`step.failed` for fail), removes the job from the inbox and the in-flight list, enqueues a
+--    continuation first in the inbox, and releases the session's next job to `ready`.
+--  retry: the job stays at the head of its session, its failure count grows, `step.retrying`,
+--    and it waits in `delayed` until now + delay.
+--  dead: the job stays at the head, the session is blocked (`failed`) until the dead letter is
+--    retried or purged; `step.dead`.
+--  any outcome on a cancelled session: the job is dropped (`step.cancelled`).
+-- A call repeated after a lost reply finds its own token in `committed` and answers the same
+-- status without applying anything again. Optionally claims the next ready job in the same call.
+-- KEYS[1] ready   KEYS[2] this worker's in-flight list
+-- ARGV[1] prefix  ARGV[2] worker id  ARGV[3] now ms  ARGV[4] events maxlen  ARGV[5] job id
+-- ARGV[6] holder token  ARGV[7] outcome  ARGV[8] state JSON  ARGV[9] payload (next input,
+-- result, reason or error)  ARGV[10] fetch next ('1'|'0')  ARGV[11] active-session limit
+-- ARGV[12] retry delay ms  ARGV[13] dead-letter reason  ARGV[14] attempts to record on a dead letter ('')
+-- Returns {'ok'|'retry'|'dead'|'cancelled'|'stale', event id, version, next claim or nil}.
+local P = prefix_arg(ARGV[1])
+local worker = worker_arg(ARGV[2])
+local now = int_arg(ARGV[3], 'now', 0)
+local maxlen = int_arg(ARGV[4], 'maxlen', 1)
+local jid, holder = ARGV[5], ARGV[6]
+local sid, seq = job_arg(jid)
+local outcome = oneof_arg(ARGV[7], 'outcome', {'continue', 'wait', 'done', 'fail', 'retry', 'dead'})
+oneof_arg(ARGV[10], 'fetch next', {'0', '1'})
+local limit = int_arg(ARGV[11], 'active limit', 0)
+local delay = int_arg(ARGV[12], 'retry delay', 0)
+int_arg(ARGV[14], 'dead attempts', 0, nil, true)
+need(string.sub(holder, 1, #worker + 1) == worker .. '/', 'invalid_argument', 'holder token does not belong to worker ' .. worker)
+need(KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'in-flight key does not belong to worker ' .. worker)
+local k = session_keys(P, sid)
+local result
+local cur = redis.call('HMGET', k.session, 'holder', 'version', 'steps', 'ttl', 'refreshed', 'cancelled', 'exp', 'committed')
+local last_token, last_status = nil, nil
+if cur[8] then last_token, last_status = string.match(cur[8], '^(.*)=(%a+)$') end
+if last_token == holder then
+  redis.call('LREM', KEYS[2], 0, jid)
+  result = {last_status, '', tonumber(cur[2])}
+elseif cur[1] ~= holder or redis.call('LINDEX', k.inbox, 0) ~= jid then
+  redis.call('LREM', KEYS[2], 0, jid)
+  redis.call('HINCRBY', P .. 'stats', 'stale_commits', 1)
+  result = {'stale', '', 0}
+else
+  local j = redis.call('HMGET', k.jobs, seq .. ':a', seq .. ':t', seq .. ':m')
+  redis.call('LREM', KEYS[2], 0, jid)
+  free_slot(P, sid, limit)
+  local attempt = j[1] or '1'
+  local status
+  if cur[6] then
+    drop_cancelled(k, jid, seq, now, maxlen, attempt, cur[3])
+    result = {'cancelled', '', tonumber(cur[2])}
+  elseif outcome == 'retry' then
+    redis.call('HINCRBY', k.jobs, seq .. ':f', 1)
+    redis.call('HSET', k.session, 'holder', '', 'status', 'queued', 'active', now)
+    redis.call('ZADD', P .. 'delayed', server_ms() + delay, jid)
+    local eid = event(k, maxlen, 'type', 'step.retrying', 'job', jid, 'step', tonumber(cur[3]) + 1,
+      'attempt', attempt, 'time', now, 'delay', delay, 'error', ARGV[9])
+    result = {'retry', eid, tonumber(cur[2])}
+  elseif outcome == 'dead' then
+    if ARGV[14] ~= '' then attempt = ARGV[14] end
+    redis.call('HSET', k.session, 'holder', '', 'status', 'failed', 'active', now, 'blocked', jid,
+      'dead_reason', ARGV[13], 'dead_error', ARGV[9], 'dead_attempts', attempt, 'dead_at', now)
+    redis.call('ZADD', P .. 'dead', now, sid)
+    redis.call('HINCRBY', P .. 'stats', 'dead', 1)
+    local eid = event(k, maxlen, 'type', 'step.dead', 'job', jid, 'step', tonumber(cur[3]) + 1,
+      'attempt', attempt, 'time', now, 'reason', ARGV[13], 'error', ARGV[9])
+    result = {'dead', eid, tonumber(cur[2])}
+  else
+    local version = tonumber(cur[2]) + 1
+    local step = tonumber(cur[3]) + 1
+    redis.call('HDEL', k.jobs, job_fields(seq))
+    redis.call('LPOP', k.inbox)
+    local etype = 'step.completed'
+    if outcome == 'fail' then etype = 'step.failed' end
+    local eid = event(k, maxlen, 'type', etype, 'job', jid, 'step', step, 'attempt', attempt,
+      'time', now, 'outcome', outcome, 'version', version, 'submitted', j[2] or '', 'data', ARGV[9])
+    if outcome == 'continue' then
+      local nseq = next_seq(P)
+      if j[3] then
+        -- A continuation inherits its submit's attempt limit.
+        redis.call('HSET', k.jobs, nseq, ARGV[9], nseq .. ':t', now, nseq .. ':m', j[3])
+      else
+        redis.call('HSET', k.jobs, nseq, ARGV[9], nseq .. ':t', now)
+      end
+      redis.call('LPUSH', k.inbox, sid .. ':' .. nseq)
+    end
+    local head = redis.call('LINDEX', k.inbox, 0)
+    if head then
+      redis.call('RPUSH', KEYS[1], head)
+      status = 'queued'
+    elseif outcome == 'done' then status = 'done'
+    elseif outcome == 'fail' then status = 'failed'
+    else status = 'waiting' end
+    redis.call('HSET', k.session, 'state', ARGV[8], 'version', version, 'steps', step, 'holder', '',
+      'active', now, 'status', status)
+    redis.call('HINCRBY', P .. 'stats', 'committed', 1)
+    result = {'ok', eid, version}
+  end
+  redis.call('HSET', k.session, 'committed', holder .. '=' .. result[1])
+  refresh(P, k, sid, now, cur[4], cur[5], false, cur[7])
+end
+if ARGV[10] == '1' then
+  if redis.call('EXISTS', P .. 'worker:' .. worker) == 1 then
+    local nxt = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+    if nxt then result[4] = claim(P, KEYS[2], worker, now, maxlen, limit, nxt) end
+  end
+end
+return result

@@ -1,0 +1,178 @@
+-- prelude.lua: helpers shared by every script. The Swift side puts this text right after a
+-- script's shebang line, so each script sees these locals. Nothing here writes on its own.
+-- P is the namespace prefix ('sw:'); session keys are derived from it and the session id.
+
+-- Raises a typed error: 'STEPWISE <code> <message>' (ScriptCalls.mapError maps the code).
+local function need(ok, code, msg)
+  if not ok then error({err = 'STEPWISE ' .. code .. ' ' .. msg}) end
+end
+-- An integer argument in [lo, hi]; '' is allowed (returns nil) when optional is true.
+local function int_arg(v, name, lo, hi, optional)
+  if optional and v == '' then return nil end
+  local n = tonumber(v)
+  need(type(v) == 'string' and string.match(v, '^%-?%d+$') ~= nil and n ~= nil and n >= lo and (hi == nil or n <= hi),
+    'invalid_argument', name .. ' must be an integer from ' .. lo .. (hi and (' to ' .. hi) or '') .. ', got ' .. tostring(v))
+  return n
+end
+local function oneof_arg(v, name, allowed)
+  for _, a in ipairs(allowed) do if v == a then return v end end
+  need(false, 'invalid_argument', name .. ' must be one of ' .. table.concat(allowed, ', ') .. ', got ' .. tostring(v))
+end
+local function prefix_arg(P)
+  need(type(P) == 'string' and string.match(P, '^[A-Za-z0-9_.%-]+:$') ~= nil, 'invalid_argument', 'bad namespace prefix')
+  return P
+end
+local function worker_arg(w)
+  need(type(w) == 'string' and string.match(w, '^[A-Za-z0-9_.%-]+$') ~= nil and #w <= 100, 'invalid_argument', 'bad worker id')
+  return w
+end
+-- A job id is '<session>:<number>'; the number comes from the pool-wide counter P..'seq', so a
+-- job id never repeats for a session id, across incarnations.
+local function split_job(jid)
+  return string.match(jid, '^([A-Za-z0-9_%-]+):(%d+)$')
+end
+local function job_arg(jid)
+  local sid, seq = split_job(jid or '')
+  need(sid ~= nil and #sid <= 64, 'invalid_argument', 'bad job id ' .. tostring(jid) .. ' (session:number)')
+  return sid, seq
+end
+local function session_keys(P, sid)
+  local s = P .. 's:{' .. sid .. '}'
+  return {session = s, inbox = s .. ':inbox', jobs = s .. ':jobs', idem = s .. ':idem', events = s .. ':events'}
+end
+-- Milliseconds since 1970 by the Redis server's clock: expiry, retry and heartbeat times use it,
+-- so a client with a skewed clock cannot expire a session early or delay a retry.
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- The next value of the pool-wide counter: job numbers, fencing tokens and incarnations. It
+-- outlives every session, so none of them ever repeats.
+local function next_seq(P)
+  return redis.call('INCR', P .. 'seq')
+end
+local function event(k, maxlen, ...)
+  return redis.call('XADD', k.events, 'MAXLEN', '~', maxlen, '*', ...)
+end
+-- Gives every key of the session that exists without an expiry the session's expiry `exp`
+-- (ms, '' for a session that never expires): a key created by this script (first event, a new
+-- inbox) never outlives its session.
+local function seal(k, exp)
+  if exp == nil or exp == '' then return end
+  for _, key in ipairs({k.inbox, k.jobs, k.idem, k.events}) do
+    if redis.call('PTTL', key) == -1 then redis.call('PEXPIREAT', key, exp) end
+  end
+end
+-- Refreshes the session's idle expiry and index entries when due (or when forced): every key of
+-- the session gets the same PEXPIREAT, so they expire together. Refreshing at most every
+-- min(ttl/10, 60 s) keeps this off the hot path; the expiry is set that much later than ttl, so a
+-- session never expires early. Returns the expiry in force ('' for none).
+local function refresh(P, k, sid, now, ttl, last, force, exp)
+  ttl = tonumber(ttl) or 0
+  now = tonumber(now)
+  local due = 60000
+  if ttl > 0 then due = math.min(math.max(math.floor(ttl / 10), 1000), 60000) end
+  if (not force) and now - (tonumber(last) or 0) < due then
+    seal(k, exp)
+    return exp
+  end
+  redis.call('ZADD', P .. 'sessions', now, sid)
+  local nexp = ''
+  if ttl > 0 then
+    nexp = server_ms() + ttl + due
+    for _, key in ipairs({k.session, k.inbox, k.jobs, k.idem, k.events}) do
+      redis.call('PEXPIREAT', key, nexp)
+    end
+    redis.call('ZADD', P .. 'expiry', nexp, sid)
+  elseif force then
+    for _, key in ipairs({k.session, k.inbox, k.jobs, k.idem, k.events}) do redis.call('PERSIST', key) end
+    redis.call('ZREM', P .. 'expiry', sid)
+  end
+  redis.call('HSET', k.session, 'refreshed', now, 'exp', nexp)
+  return nexp
+end
+-- Frees the session's active slot (when the pool has a limit) and lets the longest waiting
+-- parked job take it: it goes to the front of `ready`.
+local function free_slot(P, sid, limit)
+  if tonumber(limit) > 0 then
+    redis.call('SREM', P .. 'active', sid)
+    if redis.call('SCARD', P .. 'active') < tonumber(limit) then
+      redis.call('LMOVE', P .. 'parked', P .. 'ready', 'LEFT', 'LEFT')
+    end
+  end
+end
+local function job_fields(seq)
+  return seq, seq .. ':a', seq .. ':f', seq .. ':t', seq .. ':m', seq .. ':q'
+end
+-- Drops a cancelled session's job that is its inbox head.
+local function drop_cancelled(k, jid, seq, now, maxlen, attempt, steps)
+  if redis.call('LINDEX', k.inbox, 0) == jid then
+    redis.call('LPOP', k.inbox)
+    redis.call('HDEL', k.jobs, job_fields(seq))
+    redis.call('HSET', k.session, 'holder', '')
+    event(k, maxlen, 'type', 'step.cancelled', 'job', jid, 'step', (tonumber(steps) or 0) + 1, 'attempt', attempt or '0', 'time', now)
+  end
+end
+-- Puts a session's head job back at the front of `ready`, unheld.
+local function requeue(P, k, jid)
+  redis.call('HSET', k.session, 'holder', '', 'status', 'queued')
+  redis.call('LPUSH', P .. 'ready', jid)
+end
+-- Claims job `jid`, which this worker moved into its in-flight list. Fenced: the job must still be
+-- in that list (LREM = 1: a reaper may have taken it back while this worker stalled), this
+-- worker's heartbeat must exist, and the session must have no holder. Returns the step to run,
+-- {'skip', jid} (stale, duplicate, cancelled, blocked or parked), or {'unregistered', jid} when
+-- this worker's heartbeat is gone (the job went back to `ready`; the worker registers again).
+local function claim(P, inflight, worker, now, maxlen, limit, jid)
+  local removed = redis.call('LREM', inflight, 0, jid)
+  if removed == 0 then
+    redis.call('HINCRBY', P .. 'stats', 'stale_claims', 1)
+    return {'skip', jid}
+  end
+  local sid, seq = split_job(jid)
+  if not sid then return {'skip', jid} end
+  local k = session_keys(P, sid)
+  local j = redis.call('HMGET', k.jobs, job_fields(seq))
+  local s = redis.call('HMGET', k.session, 'agent', 'options', 'state', 'version', 'steps', 'cancelled', 'blocked', 'exp', 'holder')
+  local head = redis.call('LINDEX', k.inbox, 0)
+  if redis.call('EXISTS', P .. 'worker:' .. worker) == 0 then
+    if j[1] and s[1] and head == jid and s[9] == '' and not s[6] and not s[7] then
+      redis.call('LPUSH', P .. 'ready', jid)
+    end
+    redis.call('HINCRBY', P .. 'stats', 'unregistered_claims', 1)
+    return {'unregistered', jid}
+  end
+  if s[6] then
+    if s[9] == '' then
+      drop_cancelled(k, jid, seq, now, maxlen, j[2], s[5])
+      seal(k, s[8])
+    end
+    return {'skip', jid}
+  end
+  if (not j[1]) or (not s[1]) or s[7] or head ~= jid then
+    redis.call('HINCRBY', P .. 'stats', 'skipped', 1)
+    return {'skip', jid}
+  end
+  if s[9] ~= '' then
+    -- Held by a live claim: this copy is a duplicate and must not run.
+    redis.call('HINCRBY', P .. 'stats', 'duplicate_claims', 1)
+    return {'skip', jid}
+  end
+  if tonumber(limit) > 0 and redis.call('SCARD', P .. 'active') >= tonumber(limit)
+      and redis.call('SISMEMBER', P .. 'active', sid) == 0 then
+    redis.call('RPUSH', P .. 'parked', jid)
+    return {'skip', jid}
+  end
+  if tonumber(limit) > 0 then redis.call('SADD', P .. 'active', sid) end
+  -- Held: the job stays in this worker's in-flight list, where a reaper finds it if we die.
+  redis.call('RPUSH', inflight, jid)
+  local attempt = tonumber(j[2] or '0') + 1
+  redis.call('HSET', k.jobs, seq .. ':a', attempt)
+  local step = tonumber(s[5]) + 1
+  local holder = worker .. '/' .. next_seq(P)
+  redis.call('HSET', k.session, 'status', 'running', 'holder', holder, 'active', now)
+  event(k, maxlen, 'type', 'step.started', 'job', jid, 'step', step, 'attempt', attempt, 'time', now)
+  seal(k, s[8])
+  return {'run', jid, sid, s[1], s[2], s[3], s[4], tostring(step), tostring(attempt), j[1], holder, j[4] or '', j[5] or '',
+    j[3] or '0', j[6] or ''}
+end

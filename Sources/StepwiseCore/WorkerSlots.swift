@@ -1,0 +1,415 @@
+import Foundation
+import Logging
+import StepwiseRedis
+import Synchronization
+
+/// A worker's slots: each takes a job, runs the agent's step, and commits it.
+extension Worker {
+    func slot(_ index: Int) async {
+        let conn = connection("slot\(index)")
+        var next: Claim?
+        // Set when the last commit looked for a next job and `ready` was empty: the slot then
+        // goes straight to `BLMOVE` instead of asking again (one round trip less per step when
+        // the pool is not saturated).
+        var readyWasEmpty = false
+        var failures = 0
+        while !Task.isCancelled {
+            do {
+                var claim = next
+                next = nil
+                if claim == nil {
+                    if stopping { break }
+                    claim = try await fetch(conn, poll: !readyWasEmpty)
+                }
+                readyWasEmpty = false
+                guard let claim else { continue }
+                (next, readyWasEmpty) = try await process(claim, on: conn)
+                failures = 0
+            } catch is CancellationError {
+                break
+            } catch {
+                failures += 1
+                noteRedisError(error)
+                if failures == 1 || failures % 20 == 0 {
+                    logger.warning("slot redis error, retrying", metadata: [LogKeys.error: "\(error)"])
+                }
+                let delay = Duration.milliseconds(min(2000, 25 << min(failures, 7)))
+                do { try await Task.sleep(for: delay) } catch { break }
+            }
+        }
+        if let next {
+            // Claimed by the last commit but never started: give it back at once.
+            try? await release(next, reason: .shutdown)
+            leaveBusy()
+        }
+        await conn.close()
+    }
+
+    /// Claims the next job: non-blocking first, then one `BLMOVE` with a bounded timeout. The
+    /// slot counts as busy from the claim on (``leaveBusy()`` ends it).
+    private func fetch(_ conn: RedisConnection, poll: Bool) async throws -> Claim? {
+        if poll {
+            try await enterBusy()
+            let reply: RESPValue
+            do {
+                reply = try await claim(jobID: nil)
+            } catch {
+                leaveBusy()
+                throw error
+            }
+            if !reply.isNull, let c = Claim(reply) {
+                if case .run = c { return c }
+                leaveBusy()
+                if case .unregistered = c { try await reRegister() }
+                return nil
+            }
+            leaveBusy()
+        }
+        // `BLMOVE ready inflight LEFT RIGHT timeout`: blocks server-side up to `blockTimeout`;
+        // the socket timeout is raised by the same amount for this call.
+        let popped = try await conn.send(
+            [
+                "BLMOVE", RedisArgument(keys.ready), RedisArgument(inflightKey), "LEFT", "RIGHT",
+                RedisArgument(String(format: "%.3f", Double(configuration.blockTimeout.milliseconds) / 1000)),
+            ], blockingFor: configuration.blockTimeout)
+        try popped.throwingServerError()
+        guard let jid = popped.string, !popped.isNull else { return nil }
+        state.withLock { _ = $0.active.insert(jid) }
+        defer { state.withLock { _ = $0.active.remove(jid) } }
+        try await enterBusy()
+        let claimed: Claim?
+        do {
+            claimed = Claim(try await claim(jobID: jid))
+        } catch {
+            leaveBusy()
+            throw error
+        }
+        switch claimed {
+        case .run: return claimed
+        case .unregistered:
+            leaveBusy()
+            try await reRegister()
+            return nil
+        default:
+            leaveBusy()
+            return nil
+        }
+    }
+
+    /// Runs the claim script for `jobID` (already in our in-flight list), or for the next ready
+    /// job when `jobID` is nil.
+    private func claim(jobID: String?) async throws -> RESPValue {
+        let reply = try await steps.run(
+            scripts.claim(
+                worker: workerID, jobID: jobID, now: Dispatcher.nowMillis(), activeLimit: configuration.maxActiveSessions),
+            coalesced: true)
+        state.withLock { $0.redisFull = false }
+        return reply
+    }
+
+    /// Waits while a quarantined step runs (or waits to run) alone, then counts this slot busy.
+    private func enterBusy() async throws {
+        while true {
+            let entered = state.withLock { s in
+                guard s.soloQueue.isEmpty, !s.soloRunning else { return false }
+                s.busy += 1
+                return true
+            }
+            if entered { return }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
+    func leaveBusy() { state.withLock { $0.busy -= 1 } }
+
+    /// What a worker commits for a step.
+    struct Outcome {
+        var kind: CommitOutcome
+        var state: String
+        /// The next input, result, failure reason, or error text.
+        var payload: String
+        var retryDelay: Duration = .zero
+        var deadReason: String = ""
+        /// Attempts to record on a dead letter, when not this delivery's number.
+        var attempts: Int?
+    }
+
+    /// Runs one claimed step and commits it; returns the next claim when the commit brought one,
+    /// and whether the commit found `ready` empty. The slot is busy on entry and stays busy when
+    /// a next claim is returned.
+    private func process(_ claim: Claim, on conn: RedisConnection) async throws -> (next: Claim?, readyWasEmpty: Bool) {
+        guard case .run(let job) = claim else { return (nil, false) }
+        state.withLock { _ = $0.active.insert(job.jobID) }
+        defer { state.withLock { _ = $0.active.remove(job.jobID) } }
+        var log = logger
+        log[metadataKey: LogKeys.jobID] = .string(job.jobID)
+        log[metadataKey: LogKeys.sessionID] = .string(job.sessionID)
+        log[metadataKey: LogKeys.step] = .stringConvertible(job.step)
+        log[metadataKey: LogKeys.attempt] = .stringConvertible(job.attempt)
+
+        // The slot is busy until this step is committed, unless the commit brought the next claim.
+        var keepBusy = false
+        defer { if !keepBusy { leaveBusy() } }
+        let agent = agents[job.agent]
+        let maxAttempts = job.maxAttempts ?? agent?.maxAttempts ?? configuration.maxAttempts
+        let outcome: Outcome
+        var solo = false
+        if job.failures >= maxAttempts {
+            // Its worker crashed while running it alone, as often as attempts allow: never run it again.
+            outcome = Outcome(
+                kind: .dead, state: job.state,
+                payload: "crashed its worker \(job.failures) times (failed attempts, counting crashes that were its alone)",
+                deadReason: "poison", attempts: job.attempt - 1)
+        } else {
+            if job.quarantined {
+                try await runAlone(job, conn: conn, logger: log)
+                solo = true
+            }
+            outcome = try await run(job, agent: agent, maxAttempts: maxAttempts, claim: claim, conn: conn, logger: log)
+        }
+        defer { if solo { state.withLock { $0.soloRunning = false } } }
+        let result = try await commit(job, outcome: outcome, fetchNext: !solo, logger: log)
+        keepBusy = result.next != nil
+        return result
+    }
+
+    /// A step that was in flight with others when its worker crashed runs alone: this slot waits
+    /// for the worker's other steps to end while no new ones start, then marks the run as solo in
+    /// Redis, so a crash now is blamed on this step only.
+    private func runAlone(_ job: Claim.Job, conn: RedisConnection, logger: Logger) async throws {
+        state.withLock { s in
+            s.busy -= 1
+            s.soloQueue.append(job.jobID)
+        }
+        logger.info("step was in flight when its worker crashed: running it alone")
+        do {
+            while true {
+                let go = state.withLock { s in
+                    guard s.soloQueue.first == job.jobID, s.busy == 0, !s.soloRunning else { return false }
+                    s.soloQueue.removeFirst()
+                    s.soloRunning = true
+                    s.busy += 1
+                    return true
+                }
+                if go { break }
+                try await Task.sleep(for: .milliseconds(5))
+            }
+        } catch {
+            state.withLock { s in
+                s.soloQueue.removeAll { $0 == job.jobID }
+                s.busy += 1
+            }
+            throw error
+        }
+        do {
+            _ = try await conn.run(
+                scripts.progress(
+                    jobID: job.jobID, holder: job.holder, step: job.step, attempt: job.attempt, now: Dispatcher.nowMillis(),
+                    message: "running alone: it was in flight when its worker crashed", data: "null", solo: true))
+        } catch {
+            state.withLock { $0.soloRunning = false }
+            throw error
+        }
+    }
+
+    /// Runs the agent's step as a child task that a session cancel can stop, and maps what it
+    /// did to an outcome.
+    private func run(
+        _ job: Claim.Job, agent: (any Agent)?, maxAttempts: Int, claim: Claim, conn: RedisConnection, logger: Logger
+    ) async throws -> Outcome {
+        let prepared: (any Agent, JSONValue, JSONValue, StepContext)
+        do {
+            prepared = try prepare(job, agent: agent, logger: logger, conn: conn)
+        } catch {
+            logger.warning("step cannot run, dead-lettered", metadata: [LogKeys.error: "\(error)"])
+            return Outcome(kind: .dead, state: job.state, payload: "\(error)", deadReason: "invalid job")
+        }
+        let (agent, stateDoc, input, context) = prepared
+        let task = Task { try await agent.step(state: stateDoc, input: input, context: context) }
+        let cancelledAlready = state.withLock { s in
+            s.running[job.jobID] = task
+            // A cancel seen by the watcher before this step registered still stops it.
+            guard s.recentCancels.contains(job.jobID) else { return false }
+            s.cancelled.insert(job.jobID)
+            return true
+        }
+        if cancelledAlready { task.cancel() }
+        let result = await withTaskCancellationHandler {
+            await task.result
+        } onCancel: {
+            task.cancel()
+        }
+        let sessionCancelled = state.withLock { s in
+            s.running[job.jobID] = nil
+            return s.cancelled.remove(job.jobID) != nil
+        }
+        let shuttingDown = Task.isCancelled
+        switch result {
+        case .success(let r):
+            return validated(r, job: job, logger: logger)
+        case .failure where shuttingDown && !sessionCancelled:
+            // Shutdown: give the step back unfinished; the next delivery does not count it. (An
+            // agent that throws CancellationError on its own is an ordinary failure, retried.)
+            try? await release(claim, reason: .shutdown)
+            throw CancellationError()
+        case .failure(let error):
+            if sessionCancelled {
+                logger.info("running step cancelled with its session")
+                return Outcome(kind: .fail, state: job.state, payload: JSONValue.string("cancelled").jsonString)
+            }
+            if let e = error as? StepwiseError, e.code == .holdLost {
+                // Another worker has the step now: whatever we commit is rejected as stale.
+                return Outcome(kind: .retry, state: job.state, payload: "\(error)")
+            }
+            if job.failures + 1 >= maxAttempts {
+                logger.warning("step failed on its last attempt, dead-lettered", metadata: [LogKeys.error: "\(error)"])
+                return Outcome(kind: .dead, state: job.state, payload: "\(error)", deadReason: "attempts exhausted")
+            }
+            let delay = configuration.retryDelay(afterAttempt: job.failures + 1)
+            logger.info(
+                "step failed, will retry",
+                metadata: [LogKeys.error: "\(error)", "stepwise.retry_ms": .stringConvertible(delay.milliseconds)])
+            return Outcome(kind: .retry, state: job.state, payload: "\(error)", retryDelay: delay)
+        }
+    }
+
+    /// Checks what an agent returned; an oversized document is a bug in the agent, not a
+    /// transient failure, so it is dead-lettered at once.
+    private func validated(_ result: StepResult, job: Claim.Job, logger: Logger) -> Outcome {
+        let state = result.state.jsonString
+        var outcome: Outcome
+        switch result.outcome {
+        case .next(let input): outcome = Outcome(kind: .continue, state: state, payload: input.jsonString)
+        case .waitForInput: outcome = Outcome(kind: .wait, state: state, payload: "")
+        case .done(let value): outcome = Outcome(kind: .done, state: state, payload: value.jsonString)
+        case .fail(let reason): outcome = Outcome(kind: .fail, state: state, payload: JSONValue.string(reason).jsonString)
+        }
+        let limit = configuration.maxStateBytes
+        if state.utf8.count > limit || outcome.payload.utf8.count > limit {
+            let what = state.utf8.count > limit ? "a state document" : "a payload"
+            let size = max(state.utf8.count, outcome.payload.utf8.count)
+            logger.warning("agent returned an oversized document, dead-lettered")
+            outcome = Outcome(
+                kind: .dead, state: job.state,
+                payload: "agent '\(job.agent)' returned \(what) of \(size) bytes, over the limit of \(limit) bytes (--max-state-bytes)",
+                deadReason: "invalid result")
+        }
+        return outcome
+    }
+
+    /// Decodes what a step needs; throws for a job that can never run (unknown agent, corrupt
+    /// state document).
+    private func prepare(_ job: Claim.Job, agent: (any Agent)?, logger: Logger, conn: RedisConnection) throws -> (
+        any Agent, JSONValue, JSONValue, StepContext
+    ) {
+        guard let agent else {
+            throw StepwiseError(
+                .unknownAgent, "this worker has no agent '\(job.agent)': known agents are \(agents.names.joined(separator: ", "))")
+        }
+        let sessionID = try SessionID(job.sessionID)
+        let state = try JSONValue(parsing: job.state, what: "session state")
+        let input = try JSONValue(parsing: job.input, what: "step input")
+        let options = try JSONValue(parsing: job.options, what: "session options")
+        let scripts = self.scripts
+        let context = StepContext(
+            sessionID: sessionID, jobID: job.jobID, step: job.step, attempt: job.attempt, options: options,
+            logger: logger,
+            emitter: { message, data in
+                let call = scripts.progress(
+                    jobID: job.jobID, holder: job.holder, step: job.step, attempt: job.attempt, now: Dispatcher.nowMillis(),
+                    message: message, data: data.jsonString, solo: false)
+                let reply: RESPValue
+                do {
+                    reply = try await conn.run(call)
+                } catch where error.isRedisOutOfMemory {
+                    // Progress is best effort: a full Redis drops it rather than failing the step.
+                    logger.debug("progress event dropped: redis is out of memory")
+                    return
+                }
+                if reply.int == 0 {
+                    throw StepwiseError(
+                        .holdLost, "this worker no longer holds session \(job.sessionID): it was presumed dead and the step moved on")
+                }
+            })
+        return (agent, state, input, context)
+    }
+
+    /// Commits a step. A commit whose reply is lost (a broken connection, Redis out of memory) is
+    /// sent again until Redis answers: the script recognises its own token and answers the same
+    /// status without applying twice.
+    private func commit(_ job: Claim.Job, outcome: Outcome, fetchNext wantNext: Bool, logger: Logger) async throws -> (
+        next: Claim?, readyWasEmpty: Bool
+    ) {
+        var failures = 0
+        while true {
+            let fetchNext = wantNext && !stopping && !Task.isCancelled && !soloPending
+            let call = scripts.commit(
+                ScriptCalls.CommitArguments(
+                    worker: workerID, jobID: job.jobID, holder: job.holder, outcome: outcome.kind, state: outcome.state,
+                    payload: outcome.payload, fetchNext: fetchNext, activeLimit: configuration.maxActiveSessions,
+                    retryDelay: outcome.retryDelay, deadReason: outcome.deadReason, deadAttempts: outcome.attempts),
+                now: Dispatcher.nowMillis())
+            let reply: RESPValue
+            do {
+                reply = try await steps.run(call, coalesced: true)
+            } catch let error as StepwiseError {
+                throw error
+            } catch {
+                failures += 1
+                noteRedisError(error)
+                if failures == 1 || failures % 20 == 0 {
+                    logger.warning("commit failed, sending it again", metadata: [LogKeys.error: "\(error)"])
+                }
+                try await Task.sleep(for: .milliseconds(min(2000, 25 << min(failures, 7))))
+                continue
+            }
+            state.withLock { $0.redisFull = false }
+            guard let parts = reply.array, let status = parts.first?.string else {
+                throw StepwiseError(.unexpectedReply, "commit script returned \(reply)")
+            }
+            switch status {
+            case "retry":
+                let due = Dispatcher.nowMillis() + outcome.retryDelay.milliseconds
+                state.withLock { $0.retryDue = min($0.retryDue ?? due, due) }
+            case "stale": logger.warning("commit rejected: this worker no longer holds the session")
+            case "dead": logger.warning("step dead-lettered", metadata: ["stepwise.reason": .string(outcome.deadReason)])
+            default: break
+            }
+            if parts.count > 3, let next = Claim(parts[3]) {
+                switch next {
+                case .run: return (next, false)
+                case .unregistered:
+                    try await reRegister()
+                    return (nil, false)
+                case .skip: return (nil, false)
+                }
+            }
+            return (nil, fetchNext)
+        }
+    }
+
+    /// A quarantined step waits to run, or runs, alone: claim nothing more meanwhile.
+    private var soloPending: Bool { state.withLock { !$0.soloQueue.isEmpty || $0.soloRunning } }
+
+    func release(_ claim: Claim, reason: ScriptCalls.ReleaseReason) async throws {
+        guard case .run(let job) = claim else { return }
+        _ = try await steps.run(
+            scripts.release(
+                worker: workerID, jobID: job.jobID, holder: job.holder, reason: reason, now: Dispatcher.nowMillis(),
+                activeLimit: configuration.maxActiveSessions, uncount: true),
+            coalesced: true)
+    }
+
+    /// Records a Redis out-of-memory refusal: the worker says so (once) in its log and its
+    /// heartbeat until a claim or commit goes through again.
+    func noteRedisError(_ error: any Error) {
+        guard error.isRedisOutOfMemory else { return }
+        let first = state.withLock { s in
+            defer { s.redisFull = true }
+            return !s.redisFull
+        }
+        if first {
+            logger.error("redis is out of memory (maxmemory reached, noeviction): not claiming steps until it has room")
+        }
+    }
+}

@@ -1,0 +1,287 @@
+import Foundation
+import StepwiseAgents
+import StepwiseRedis
+import StepwiseTesting
+import Testing
+
+@testable import StepwiseCore
+
+/// The interleavings that broke exactly-once, each driven script by script against a real
+/// redis-server. Each of these failed on the engine before the fenced protocol.
+@Suite(
+    "protocol races: fenced claims, fencing tokens, incarnations, orphans, expiry",
+    .enabled(if: TestRedis.url != nil, "needs STEPWISE_TEST_REDIS_URL: run `make test`"),
+    .timeLimit(.minutes(2))
+)
+struct ProtocolRaceTests {
+    let keys: KeySpace
+    let conn: RedisConnection
+    let dispatcher: Dispatcher
+    let store: SessionStore
+    let p: ProtocolDriver
+
+    init() throws {
+        keys = try TestRedis.uniqueKeys()
+        conn = try TestRedis.connection()
+        dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn)
+        store = SessionStore(connection: conn, keys: keys)
+        p = ProtocolDriver(conn: conn, keys: keys)
+    }
+
+    /// A pops J, stalls past its heartbeat; B reaps A and puts J back; C claims and runs J; then A's
+    /// delayed claim arrives. It must not run J, and J must stay watched in C's in-flight list.
+    @Test func aStalledWorkersLateClaimNeverRunsAStepAnotherWorkerHas() async throws {
+        let id = try SessionID("late-claim")
+        let j = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1)).jobID
+        for w in ["A", "B", "C"] { try await p.register(w) }
+        #expect(try await p.pop("A") == j)
+        try await p.expire("A")
+        #expect(try await p.reap("A") == 1, "B's reaper puts J back")
+        let c = try await p.claimRun("C")
+        #expect(c.jobID == j)
+        // A comes back (registered again by its heartbeat) and its claim of J finally runs.
+        try await p.register("A")
+        let late = try await p.claim("A", j)
+        guard case .skip = late else {
+            Issue.record("A's late claim must be skipped, got \(String(describing: late))")
+            return
+        }
+        #expect(try await p.stat("stale_claims") == 1)
+        #expect(try await p.inflight("C") == [j], "J stays in C's in-flight list while C runs it")
+        #expect(try await p.inflight("A").isEmpty)
+        #expect(try await p.sessionField(id, "holder") == c.holder, "C's hold is intact")
+        #expect(try await p.commit("C", c) == "ok")
+    }
+
+    /// A duplicate copy of a held job (however it got into `ready`) is dropped at claim: the
+    /// session has a live holder.
+    @Test func aJobWithALiveHolderIsNeverClaimedTwice() async throws {
+        let id = try SessionID("dup")
+        let j = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1)).jobID
+        for w in ["A", "B"] { try await p.register(w) }
+        let a = try await p.claimRun("A")
+        _ = try await conn.send(["RPUSH", RedisArgument(keys.ready), RedisArgument(j)])
+        let b = try await p.claim("B")
+        guard case .skip = b else {
+            Issue.record("the duplicate must be skipped, got \(String(describing: b))")
+            return
+        }
+        #expect(try await p.stat("duplicate_claims") == 1)
+        #expect(try await p.inflight("B").isEmpty)
+        #expect(try await p.commit("A", a) == "ok")
+    }
+
+    /// A worker whose heartbeat is gone cannot claim: the job goes back to `ready`.
+    @Test func anUnregisteredWorkerCannotClaim() async throws {
+        let id = try SessionID("unreg")
+        let j = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1)).jobID
+        #expect(try await p.pop("ghost") == j)
+        let c = try await p.claim("ghost", j)
+        guard case .unregistered = c else {
+            Issue.record("expected unregistered, got \(String(describing: c))")
+            return
+        }
+        #expect(try await p.ready == [j])
+        #expect(try await p.inflight("ghost").isEmpty)
+        #expect(try await p.sessionField(id, "holder") == "")
+    }
+
+    /// Fencing tokens never repeat for a session id: not across re-creation, dead retry, or a
+    /// graceful release. A stale run's commit into a re-created session is rejected and the new
+    /// step's input is kept.
+    @Test func fencingTokensNeverRepeatAndAStaleCommitNeverLandsInANewIncarnation() async throws {
+        let id = try SessionID("reborn")
+        try await p.register("W")
+        var tokens: Set<String> = []
+        _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1))
+        let old = try await p.claimRun("W")
+        tokens.insert(old.holder)
+        // The session expires mid-step and is created again under the same id.
+        try await p.expireSession(id)
+        let fresh = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 2)).jobID
+        #expect(fresh != old.jobID, "job ids never repeat across incarnations")
+        let new = try await p.claimRun("W")
+        #expect(new.jobID == fresh)
+        #expect(!tokens.contains(new.holder))
+        tokens.insert(new.holder)
+        #expect(try await p.commit("W", old, state: #"{"stale":true}"#) == "stale")
+        #expect(try await store.session(id)?.version == 0, "the stale commit changed nothing")
+        // Graceful release, then a dead letter retried: each claim gets a new token.
+        #expect(try await p.release("W", new.jobID, holder: new.holder) == 1)
+        let again = try await p.claimRun("W")
+        #expect(!tokens.contains(again.holder))
+        tokens.insert(again.holder)
+        #expect(try await p.commit("W", again, outcome: .dead) == "dead")
+        try await DeadLetterQueue(connection: conn, keys: keys).retry(jobID: fresh)
+        let retried = try await p.claimRun("W")
+        #expect(!tokens.contains(retried.holder))
+        #expect(try await p.commit("W", retried, state: #"{"count":1}"#) == "ok")
+        #expect(try await p.commit("W", again, state: #"{"count":99}"#) == "stale")
+        let s = try #require(try await store.session(id))
+        #expect(s.version == 1)
+        #expect(s.state == ["count": 1])
+    }
+
+    /// A job of an expired incarnation still waiting in `ready` never runs as one of the new
+    /// incarnation, and `ready` never holds one job id twice.
+    @Test func anOldIncarnationsJobNeverRunsInTheNewOne() async throws {
+        let id = try SessionID("ghost-job")
+        try await p.register("W")
+        let old = try await dispatcher.submit(Submission(session: id, agent: "counter", input: "old")).jobID
+        try await p.expireSession(id)
+        let new = try await dispatcher.submit(Submission(session: id, agent: "counter", input: "new")).jobID
+        #expect(old != new)
+        #expect(try await p.ready == [old, new])
+        let first = try await p.claim("W")
+        guard case .skip(let skipped) = first else {
+            Issue.record("the old incarnation's job must be skipped, got \(String(describing: first))")
+            return
+        }
+        #expect(skipped == old)
+        let run = try await p.claimRun("W")
+        #expect(run.jobID == new)
+        #expect(run.input == #""new""#)
+    }
+
+    /// A re-created session does not inherit the old one's cancel: cancels name job ids.
+    @Test func aCancelOfTheOldIncarnationDoesNotApplyToTheNew() async throws {
+        let id = try SessionID("recancel")
+        try await p.register("W")
+        _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1))
+        let running = try await p.claimRun("W")
+        let cancelled = try #require(try await dispatcher.cancel(id, reason: "user"))
+        #expect(cancelled.running == running.jobID)
+        let members = try await conn.send(["ZRANGE", RedisArgument(keys.cancels), 0, -1]).array?.compactMap(\.string)
+        #expect(members == [running.jobID], "the cancel names the running job, not the session")
+        try await p.expireSession(id)
+        let fresh = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 2)).jobID
+        #expect(members?.contains(fresh) == false)
+        let run = try await p.claimRun("W")
+        #expect(run.jobID == fresh)
+    }
+
+    /// The orphan scan releases only what its worker owns, never through another worker's hold.
+    @Test func anOrphanReleaseNeverActsThroughAnotherWorkersHold() async throws {
+        let id = try SessionID("orphan")
+        let j = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1)).jobID
+        for w in ["A", "B"] { try await p.register(w) }
+        let a = try await p.claimRun("A")
+        _ = try await conn.send(["RPUSH", RedisArgument(keys.inflight(worker: "B")), RedisArgument(j)])
+        #expect(try await p.release("B", j, holder: nil) == 0)
+        #expect(try await p.sessionField(id, "holder") == a.holder)
+        #expect(try await p.ready.isEmpty)
+        #expect(try await p.inflight("B").isEmpty)
+        // A's own orphan (a hold its slot lost) is released.
+        #expect(try await p.release("A", j, holder: nil) == 1)
+        #expect(try await p.ready == [j])
+    }
+
+    /// A stalled worker's late progress changes nothing, is counted, and never creates a stream
+    /// for a session that has expired.
+    @Test func lateProgressChangesNothingAndCreatesNoKeys() async throws {
+        let id = try SessionID("late-progress")
+        try await p.register("W")
+        _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1))
+        let job = try await p.claimRun("W")
+        #expect(try await p.progress(job).string?.contains("-") == true, "accepted while held")
+        try await p.expireSession(id)
+        #expect(try await p.progress(job).int == 0)
+        #expect(try await p.stat("stale_progress") == 1)
+        #expect(try await conn.send(["EXISTS", RedisArgument(keys.events(id))]).int == 0)
+    }
+
+    /// Every key a script creates for a session carries the session's expiry.
+    @Test func keysCreatedMidSessionGetTheSessionsExpiry() async throws {
+        let id = try SessionID("ttl")
+        try await p.register("W")
+        _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1, ttl: .seconds(60)))
+        let job = try await p.claimRun("W")
+        _ = try await conn.send(["DEL", RedisArgument(keys.events(id))])
+        _ = try await p.progress(job)
+        #expect(try await conn.send(["PTTL", RedisArgument(keys.events(id))]).int ?? -1 > 0)
+        #expect(try await p.commit("W", job, outcome: .continue, payload: "2") == "ok")
+        for key in [keys.session(id), keys.inbox(id), keys.jobs(id), keys.events(id)] {
+            #expect(try await conn.send(["PTTL", RedisArgument(key)]).int ?? -1 > 0, "\(key) has an expiry")
+        }
+    }
+
+    /// A commit whose reply was lost is sent again: it answers the same and applies nothing twice.
+    @Test func aRepeatedCommitIsIdempotent() async throws {
+        let id = try SessionID("again")
+        try await p.register("W")
+        _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1))
+        let job = try await p.claimRun("W")
+        #expect(try await p.commit("W", job, state: #"{"n":1}"#) == "ok")
+        #expect(try await p.commit("W", job, state: #"{"n":2}"#) == "ok")
+        let s = try #require(try await store.session(id))
+        #expect(s.version == 1)
+        #expect(s.state == ["n": 1])
+        #expect(try await p.stat("committed") == 1)
+    }
+
+    /// Release never revives a dead-lettered job.
+    @Test func releaseNeverRevivesADeadLetter() async throws {
+        let id = try SessionID("dead")
+        try await p.register("W")
+        let j = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1)).jobID
+        let job = try await p.claimRun("W")
+        #expect(try await p.commit("W", job, outcome: .dead) == "dead")
+        _ = try await conn.send(["RPUSH", RedisArgument(keys.inflight(worker: "W")), RedisArgument(j)])
+        #expect(try await p.release("W", j, holder: nil) == 0)
+        #expect(try await p.ready.isEmpty)
+        #expect(try await p.sessionField(id, "blocked") == j)
+    }
+
+    /// The reaper blames a crash only on the step that ran alone: a crash marker and one held
+    /// step counts against it; several held steps are quarantined instead; no marker, no blame.
+    @Test func reapBlamesOnlyASoleSuspectOfACrash() async throws {
+        let ids = try ["one", "two", "three"].map(SessionID.init)
+        try await p.register("R")
+        for id in ids { _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1)) }
+        // Killed from outside (no marker) with one step: no blame.
+        try await p.register("K")
+        let k = try await p.claimRun("K")
+        try await p.expire("K")
+        #expect(try await p.reap("K") == 1)
+        #expect(try await p.jobField(ids[0], k.jobID, ":f") == nil)
+        // Crashed (marker) holding two steps: both quarantined, none blamed.
+        try await p.register("C")
+        let c1 = try await p.claimRun("C")
+        let c2 = try await p.claimRun("C")
+        _ = try await conn.send(["SET", RedisArgument(keys.crashMarker(worker: "C")), "1"])
+        try await p.expire("C")
+        #expect(try await p.reap("C") == 2)
+        for job in [c1, c2] {
+            let sid = try SessionID(String(job.jobID.split(separator: ":")[0]))
+            #expect(try await p.jobField(sid, job.jobID, ":f") == nil)
+            #expect(try await p.jobField(sid, job.jobID, ":q") == "1")
+        }
+        #expect(try await conn.send(["EXISTS", RedisArgument(keys.crashMarker(worker: "C"))]).int == 0)
+        // The quarantined step runs alone (marked by progress) and crashes: it alone is blamed,
+        // even with another step held at the time.
+        try await p.register("S")
+        var claims: [Claim.Job] = []
+        for _ in 0..<3 { claims.append(try await p.claimRun("S")) }
+        let solo = try #require(claims.first { $0.quarantined })
+        _ = try await p.progress(solo, solo: true)
+        _ = try await conn.send(["SET", RedisArgument(keys.crashMarker(worker: "S")), "1"])
+        try await p.expire("S")
+        #expect(try await p.reap("S") == 3)
+        for job in claims {
+            let sid = try SessionID(String(job.jobID.split(separator: ":")[0]))
+            let failures = try await p.jobField(sid, job.jobID, ":f")
+            #expect(failures == (job.jobID == solo.jobID ? "1" : nil), "\(job.jobID)")
+        }
+    }
+
+    /// A reaped worker stays registered while it may still have a late `BLMOVE` in flight, so its
+    /// list stays watched; a graceful deregistration (prune 0) removes it.
+    @Test func aReapedWorkerStaysWatched() async throws {
+        try await p.register("A")
+        try await p.expire("A")
+        #expect(try await p.reap("A") == 0)
+        #expect(try await conn.send(["ZSCORE", RedisArgument(keys.workers), "A"]).isNull == false)
+        #expect(try await p.reap("A", prune: .zero) == 0)
+        #expect(try await conn.send(["ZSCORE", RedisArgument(keys.workers), "A"]).isNull)
+    }
+}
