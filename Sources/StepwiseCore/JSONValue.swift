@@ -32,10 +32,14 @@ public enum JSONValue: Sendable, Hashable, Codable, CustomStringConvertible {
             self = .number(JSONNumber(n))
         } else if let n = try? c.decode(UInt64.self) {
             self = .number(JSONNumber(n))
-        } else if let d = try? c.decode(Decimal.self), !d.isNaN, let n = JSONNumber(text: d.description) {
-            self = .number(n)
         } else if let d = try? c.decode(Double.self), let n = JSONNumber(d) {
-            self = .number(n)
+            // A number (asking for `Decimal` first could take an object for a keyed `Decimal`
+            // in decoders that do not special-case it); `Decimal` keeps up to 38 digits.
+            if let exact = try? c.decode(Decimal.self), !exact.isNaN, let e = JSONNumber(text: exact.description) {
+                self = .number(e)
+            } else {
+                self = .number(n)
+            }
         } else if let s = try? c.decode(String.self) {
             self = .string(s)
         } else if let a = try? c.decode([JSONValue].self) {
