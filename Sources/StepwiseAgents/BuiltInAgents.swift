@@ -28,7 +28,7 @@ public struct CounterAgent: Agent {
         let count = state["count"]?.intValue ?? 0
         let inputs = state["inputs"]?.arrayValue ?? []
         if let ms = context.options["ms"]?.intValue, ms > 0 { try await Task.sleep(for: .milliseconds(ms)) }
-        return StepResult(state: ["count": .number(Double(count + 1)), "inputs": .array(inputs + [input])], outcome: .waitForInput)
+        return StepResult(state: ["count": .int(count + 1), "inputs": .array(inputs + [input])], outcome: .waitForInput)
     }
 }
 
@@ -89,7 +89,7 @@ public struct SleepAgent: Agent {
         guard (0...3_600_000).contains(ms) else { return StepResult(state: state, outcome: .fail("ms \(ms) is out of range 0-3600000")) }
         try await Task.sleep(for: .milliseconds(ms))
         let slept = (state["slept_ms"]?.intValue ?? 0) + ms
-        return StepResult(state: ["slept_ms": .number(Double(slept)), "steps": .number(Double(context.step))], outcome: .waitForInput)
+        return StepResult(state: ["slept_ms": .int(slept), "steps": .int(context.step)], outcome: .waitForInput)
     }
 }
 
@@ -128,17 +128,17 @@ public struct QuizAgent: Agent {
             guard index < plan.count, let angle = plan[index].stringValue else {
                 return StepResult(state: state, outcome: .fail("question index \(index) is outside the plan"))
             }
-            try await context.progress("writing question \(index + 1) of \(plan.count)", data: ["index": .number(Double(index))])
+            try await context.progress("writing question \(index + 1) of \(plan.count)", data: ["index": .int(index)])
             let choices: [JSONValue] = (1...4).map { .string("option \($0) about \(angle)") }
             let question: JSONValue = [
                 "q": .string("Question \(index + 1): what matters most in \(angle)?"),
-                "choices": .array(choices), "answer": .number(Double((index * 7 + 1) % 4)),
+                "choices": .array(choices), "answer": .int((index * 7 + 1) % 4),
             ]
             questions.append(question)
             var next = state.objectValue ?? [:]
             next["questions"] = .array(questions)
             let outcome: StepOutcome =
-                index + 1 < plan.count ? .next(["phase": "question", "index": .number(Double(index + 1))]) : .next(["phase": "summary"])
+                index + 1 < plan.count ? .next(["phase": "question", "index": .int(index + 1)]) : .next(["phase": "summary"])
             return StepResult(state: .object(next), outcome: outcome)
         case "summary":
             let count = state["questions"]?.arrayValue?.count ?? 0
@@ -147,7 +147,7 @@ public struct QuizAgent: Agent {
             var next = state.objectValue ?? [:]
             let summary = JSONValue.string("A \(count)-question quiz on \(topic).")
             next["summary"] = summary
-            return StepResult(state: .object(next), outcome: .done(["summary": summary, "questions": .number(Double(count))]))
+            return StepResult(state: .object(next), outcome: .done(["summary": summary, "questions": .int(count)]))
         default:
             return StepResult(state: state, outcome: .fail("unknown quiz phase '\(phase)'"))
         }

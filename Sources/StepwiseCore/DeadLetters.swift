@@ -26,8 +26,8 @@ public struct DeadLetter: Sendable, Hashable {
     public var json: JSONValue {
         [
             "job": .string(jobID), "session": .string(session), "agent": .string(agent), "reason": .string(reason),
-            "error": .string(error), "attempts": .number(Double(attempts)), "time": .number(Double(time)),
-            "input": (try? JSONValue(parsing: input)) ?? .string(input), "held": .number(Double(heldSteps)),
+            "error": .string(error), "attempts": .int(attempts), "time": .int(time),
+            "input": (try? JSONValue(parsing: input)) ?? .string(input), "held": .int(heldSteps),
         ]
     }
 }

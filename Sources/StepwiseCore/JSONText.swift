@@ -109,30 +109,13 @@ enum JSONText {
             i += n
         }
 
-        mutating func number() throws(ParseError) -> Double {
+        mutating func number() throws(ParseError) -> JSONNumber {
             let start = i
-            if bytes[i] == UInt8(ascii: "-") { i += 1 }
-            func digits(_ i: inout Int) -> Int {
-                let s = i
-                while i < bytes.count, bytes[i] >= 0x30, bytes[i] <= 0x39 { i += 1 }
-                return i - s
-            }
-            let intDigits = digits(&i)
-            guard intDigits > 0 else { throw fail("invalid number") }
-            if intDigits > 1, bytes[start + (bytes[start] == UInt8(ascii: "-") ? 1 : 0)] == 0x30 { throw fail("leading zero in a number") }
-            if i < bytes.count, bytes[i] == UInt8(ascii: ".") {
-                i += 1
-                guard digits(&i) > 0 else { throw fail("invalid fraction") }
-            }
-            if i < bytes.count, bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E") {
-                i += 1
-                if i < bytes.count, bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-") { i += 1 }
-                guard digits(&i) > 0 else { throw fail("invalid exponent") }
-            }
-            guard let d = Double(String(decoding: bytes[start..<i], as: UTF8.self)), d.isFinite else {
-                throw ParseError(offset: start, reason: "number out of range")
-            }
-            return d
+            let scan = JSONText.scanNumber(bytes, at: start)
+            i = scan.end
+            if let reason = scan.error { throw fail(reason) }
+            // The text as written: no conversion, so every digit and the exponent survive.
+            return JSONNumber(uncheckedText: String(decoding: bytes[start..<i], as: UTF8.self))
         }
 
         mutating func hex4() throws(ParseError) -> UInt32 {
@@ -213,18 +196,40 @@ enum JSONText {
         }
     }
 
+    @inline(__always) static func isDigit(_ b: UInt8) -> Bool { b >= 0x30 && b <= 0x39 }
+
+    /// Scans one JSON number starting at `start`: where it ends, or where and why it is invalid.
+    ///
+    /// Grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`. No range check: any length of
+    /// digits and any exponent is a valid number.
+    static func scanNumber(_ bytes: [UInt8], at start: Int) -> (end: Int, error: String?) {
+        var i = start
+        if i < bytes.count, bytes[i] == UInt8(ascii: "-") { i += 1 }
+        let intStart = i
+        while i < bytes.count, isDigit(bytes[i]) { i += 1 }
+        guard i > intStart else { return (i, "invalid number") }
+        if i - intStart > 1, bytes[intStart] == 0x30 { return (intStart, "leading zero in a number") }
+        if i < bytes.count, bytes[i] == UInt8(ascii: ".") {
+            i += 1
+            let fracStart = i
+            while i < bytes.count, isDigit(bytes[i]) { i += 1 }
+            guard i > fracStart else { return (i, "invalid fraction") }
+        }
+        if i < bytes.count, bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E") {
+            i += 1
+            if i < bytes.count, bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-") { i += 1 }
+            let expStart = i
+            while i < bytes.count, isDigit(bytes[i]) { i += 1 }
+            guard i > expStart else { return (i, "invalid exponent") }
+        }
+        return (i, nil)
+    }
+
     static func write(_ value: JSONValue, into out: inout [UInt8]) {
         switch value {
         case .null: out.append(contentsOf: "null".utf8)
         case .bool(let b): out.append(contentsOf: (b ? "true" : "false").utf8)
-        case .number(let n):
-            if !n.isFinite {
-                out.append(contentsOf: "null".utf8)
-            } else if n.rounded() == n, abs(n) < 9.0e15 {
-                out.append(contentsOf: String(Int64(n)).utf8)
-            } else {
-                out.append(contentsOf: "\(n)".utf8)
-            }
+        case .number(let n): out.append(contentsOf: n.text.utf8)
         case .string(let s): writeString(s, into: &out)
         case .array(let a):
             out.append(UInt8(ascii: "["))

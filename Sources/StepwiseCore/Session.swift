@@ -51,11 +51,11 @@ public struct SessionSnapshot: Sendable, Hashable {
     public var json: JSONValue {
         [
             "session": .string(id.rawValue), "agent": .string(agent), "owner": .string(owner),
-            "status": .string(status.rawValue), "version": .number(Double(version)),
-            "steps": .number(Double(steps)), "created": .number(Double(createdAt)),
-            "lastActive": .number(Double(lastActiveAt)), "options": options, "state": state,
-            "queued": .number(Double(queued)), "cancelReason": cancelReason.map { .string($0) } ?? .null,
-            "deadLetter": deadLetter.map { .string($0) } ?? .null, "expires": expiresAt.map { .number(Double($0)) } ?? .null,
+            "status": .string(status.rawValue), "version": .int(version),
+            "steps": .int(steps), "created": .int(createdAt),
+            "lastActive": .int(lastActiveAt), "options": options, "state": state,
+            "queued": .int(queued), "cancelReason": cancelReason.map { .string($0) } ?? .null,
+            "deadLetter": deadLetter.map { .string($0) } ?? .null, "expires": expiresAt.map { .int($0) } ?? .null,
         ]
     }
 }

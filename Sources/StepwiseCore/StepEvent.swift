@@ -45,7 +45,7 @@ public struct StepEvent: Sendable, Hashable {
     public var json: JSONValue {
         var o: [String: JSONValue] = [
             "id": .string(id), "type": .string(type), "session": .string(session), "job": .string(jobID),
-            "step": .number(Double(step)), "attempt": .number(Double(attempt)), "time": .number(Double(time)),
+            "step": .int(step), "attempt": .int(attempt), "time": .int(time),
         ]
         for (k, v) in fields {
             o[k] = (k == "data" ? (try? JSONValue(parsing: v)) : nil) ?? .string(v)

@@ -257,14 +257,14 @@ struct LoadTestParameters: Sendable {
 
     var json: [String: JSONValue] {
         var o: [String: JSONValue] = [
-            "sessions": .number(Double(sessions)), "steps": .number(Double(steps)), "concurrency": .number(Double(concurrency)),
-            "stepMs": .number(Double(stepMs)), "inputBytes": .number(Double(inputBytes)), "agent": .string(agent.rawValue),
-            "rate": .number(rate), "timeLimitSeconds": .number(timeLimit.inSeconds), "external": .bool(external),
-            "workers": .array(workerCounts.map { .number(Double($0)) }),
+            "sessions": .int(sessions), "steps": .int(steps), "concurrency": .int(concurrency),
+            "stepMs": .int(stepMs), "inputBytes": .int(inputBytes), "agent": .string(agent.rawValue),
+            "rate": .double(rate), "timeLimitSeconds": .double(timeLimit.inSeconds), "external": .bool(external),
+            "workers": .array(workerCounts.map { .int($0) }),
         ]
-        o["killEverySeconds"] = killEvery.map { .number($0.inSeconds) } ?? .null
-        o["heartbeatTTLSeconds"] = heartbeatTTL.map { .number($0) } ?? .null
-        o["reaperIntervalSeconds"] = reaperInterval.map { .number($0) } ?? .null
+        o["killEverySeconds"] = killEvery.map { .double($0.inSeconds) } ?? .null
+        o["heartbeatTTLSeconds"] = heartbeatTTL.map { .double($0) } ?? .null
+        o["reaperIntervalSeconds"] = reaperInterval.map { .double($0) } ?? .null
         return o
     }
 }

@@ -28,14 +28,14 @@ struct MemoryResult: Sendable {
     var unattributed: Double { bytesPerSession - breakdown.map(\.bytes).reduce(0, +) - indexShare }
 
     var json: JSONValue {
-        func n(_ v: Double) -> JSONValue { .number(v.rounded()) }
+        func n(_ v: Double) -> JSONValue { .double(v.rounded()) }
         var parts: [String: JSONValue] = [:]
         for b in breakdown { parts[b.name] = n(b.bytes) }
         parts["sessionsIndexShare"] = n(indexShare)
         parts["unattributedKeyspace"] = n(unattributed)
         return [
-            "sessions": .number(Double(sessions)), "seconds": .number((seconds * 1000).rounded() / 1000),
-            "usedMemoryDelta": .number(Double(usedMemoryDelta)), "clientBuffersDelta": .number(Double(clientsDelta)),
+            "sessions": .int(sessions), "seconds": .double((seconds * 1000).rounded() / 1000),
+            "usedMemoryDelta": .int(usedMemoryDelta), "clientBuffersDelta": .int(clientsDelta),
             "bytesPerSession": n(bytesPerSession), "stateDocumentBytes": n(stateDocumentBytes),
             "beyondStateBytes": n(beyondState), "beyondStateWithoutIdemBytes": n(beyondState - idemShare),
             "breakdownBytesPerSession": .object(parts), "errors": .array(errors.map { .string($0) }),

@@ -36,21 +36,21 @@ struct RoundResult: Sendable {
     var errors: [String] = []
 
     var json: [String: JSONValue] {
-        func n(_ v: Double, _ digits: Double = 1) -> JSONValue { .number((v * digits).rounded() / digits) }
-        func u(_ v: UInt64?) -> JSONValue { v.map { .number(Double($0)) } ?? .null }
+        func n(_ v: Double, _ digits: Double = 1) -> JSONValue { .double((v * digits).rounded() / digits) }
+        func u(_ v: UInt64?) -> JSONValue { v.map { .int($0) } ?? .null }
         return [
-            "workers": n(Double(workers)), "steps": n(Double(steps)), "seconds": n(seconds, 1000),
+            "workers": .int(workers), "steps": .int(steps), "seconds": n(seconds, 1000),
             "stepsPerSecond": n(stepsPerSecond), "scalingEfficiency": n(scalingEfficiency, 1000),
             "latencyMs": ["p50": u(p50), "p90": u(p90), "p99": u(p99), "max": u(max)],
             "overheadMs": ["p50": u(overheadP50), "p99": u(overheadP99)],
             "claimToCommitOverheadMs": ["p50": u(claimToCommitOverheadP50), "p99": u(claimToCommitOverheadP99)],
             "redisCommandsPerSecond": n(redisCommandsPerSecond), "redisCPU": n(redisCPU, 1000),
             "workersCPU": workersCPU.map { n($0, 1000) } ?? .null,
-            "kills": n(Double(kills)), "recoveredSteps": n(Double(recoveredSteps)), "sessionsHit": n(Double(sessionsHit)),
+            "kills": .int(kills), "recoveredSteps": .int(recoveredSteps), "sessionsHit": .int(sessionsHit),
             "recoveryWaitMs": ["max": u(recoveryWaitMaxMs), "p50": u(recoveryWaitP50Ms)],
             "checks": [
-                "orderViolations": n(Double(orderViolations)), "duplicates": n(Double(duplicates)), "missing": n(Double(missing)),
-                "incompleteStreams": n(Double(incompleteStreams)), "failedSteps": n(Double(failedSteps)),
+                "orderViolations": .int(orderViolations), "duplicates": .int(duplicates), "missing": .int(missing),
+                "incompleteStreams": .int(incompleteStreams), "failedSteps": .int(failedSteps),
             ],
             "errors": .array(errors.map { .string($0) }),
         ]
@@ -81,7 +81,7 @@ struct MachineInfo: Sendable {
 
     var json: JSONValue {
         [
-            "cores": .number(Double(cores)), "uname": .string(uname), "hostname": .string(hostname),
+            "cores": .int(cores), "uname": .string(uname), "hostname": .string(hostname),
             "redisVersion": .string(redisVersion), "loadAverageAtStart": .string(loadAverage),
         ]
     }
@@ -147,7 +147,7 @@ enum LoadTestReport {
             o["parameters"] = .object(LoadTestParameters(command: command).json)
             o["rounds"] = .array(rounds.map { .object($0.json) })
         } else {
-            o["parameters"] = ["stateBytes": .number(Double(command.stateBytes)), "concurrency": .number(Double(command.concurrency))]
+            o["parameters"] = ["stateBytes": .int(command.stateBytes), "concurrency": .int(command.concurrency)]
             o["memory"] = .array(memory.map(\.json))
         }
         return .object(o)

@@ -37,13 +37,13 @@ struct LoadTestRound {
 
         let filler = params.inputBytes > 0 ? String(repeating: "x", count: params.inputBytes) : nil
         let dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn, configuration: .init(sessionTTL: .seconds(3600)))
-        let counterOptions: JSONValue? = params.agent == .counter && params.stepMs > 0 ? ["ms": .number(Double(params.stepMs))] : nil
+        let counterOptions: JSONValue? = params.agent == .counter && params.stepMs > 0 ? ["ms": .int(params.stepMs)] : nil
         let sessions = params.sessions
         let total = sessions * params.steps
         func submission(_ i: Int) -> Submission {
             let step = i / sessions
-            var input: [String: JSONValue] = ["n": .number(Double(step))]
-            if params.agent == .sleep { input["ms"] = .number(Double(params.stepMs)) }
+            var input: [String: JSONValue] = ["n": .int(step)]
+            if params.agent == .sleep { input["ms"] = .int(params.stepMs) }
             if let filler { input["pad"] = .string(filler) }
             return Submission(
                 session: ids[i % sessions], agent: params.agent.rawValue, input: .object(input), options: step == 0 ? counterOptions : nil)

@@ -108,8 +108,8 @@ struct SessionsCommand: AsyncParsableCommand {
             if json {
                 output(
                     JSONValue.object([
-                        "session": .string(r.id), "status": .string(r.status), "steps": .number(Double(r.steps)),
-                        "lastActive": .number(Double(r.lastActiveAt)),
+                        "session": .string(r.id), "status": .string(r.status), "steps": .int(r.steps),
+                        "lastActive": .int(r.lastActiveAt),
                     ]).jsonString)
             } else {
                 output(
@@ -136,16 +136,16 @@ struct QueueCommand: AsyncParsableCommand {
         if json {
             let workers: [JSONValue] = info.workers.map {
                 [
-                    "worker": .string($0.id), "inflight": .number(Double($0.inflight)), "alive": .bool($0.alive),
-                    "lastHeartbeat": .number(Double($0.lastHeartbeatAt)),
+                    "worker": .string($0.id), "inflight": .int($0.inflight), "alive": .bool($0.alive),
+                    "lastHeartbeat": .int($0.lastHeartbeatAt),
                 ]
             }
-            let stats = JSONValue.object(info.stats.mapValues { .number(Double($0)) })
+            let stats = JSONValue.object(info.stats.mapValues { .int($0) })
             output(
                 JSONValue.object([
-                    "ready": .number(Double(info.ready)), "delayed": .number(Double(info.delayed)),
-                    "parked": .number(Double(info.parked)), "dead": .number(Double(info.dead)),
-                    "active": .number(Double(info.active)), "workers": .array(workers), "stats": stats,
+                    "ready": .int(info.ready), "delayed": .int(info.delayed),
+                    "parked": .int(info.parked), "dead": .int(info.dead),
+                    "active": .int(info.active), "workers": .array(workers), "stats": stats,
                 ]).jsonString)
             return
         }

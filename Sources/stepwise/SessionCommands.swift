@@ -35,7 +35,7 @@ struct CancelCommand: AsyncParsableCommand {
             output(
                 JSONValue.object([
                     "session": .string(id.rawValue), "cancelled": .bool(result != nil),
-                    "dropped": .number(Double(result?.dropped ?? 0)), "running": result?.running.map { .string($0) } ?? .null,
+                    "dropped": .int(result?.dropped ?? 0), "running": result?.running.map { .string($0) } ?? .null,
                 ]).jsonString)
         } else if let result {
             output(

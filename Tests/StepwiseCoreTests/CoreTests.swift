@@ -54,7 +54,8 @@ import Testing
 
     @Test func handlesEscapesAndUnicode() throws {
         let v = try JSONValue(parsing: #"["a\"b\\c\n\u00e9\ud83d\ude00\/", -1.5e3, 0, true, false, null]"#)
-        #expect(v == ["a\"b\\c\né😀/", -1500, 0, true, false, .null])
+        #expect(v == ["a\"b\\c\né😀/", .number(try #require(JSONNumber(text: "-1.5e3"))), 0, true, false, .null])
+        #expect(v.arrayValue?[1].intValue == -1500)
         let back = try JSONValue(parsing: v.jsonString)
         #expect(back == v)
         #expect(JSONValue.string("\u{01}\t").jsonString == #""\u0001\t""#)
@@ -86,7 +87,7 @@ import Testing
         let agent = CounterAgent()
         var state = agent.initialState(options: [:])
         for i in 1...5 {
-            let r = try await agent.step(state: state, input: .number(Double(i)), context: try context(step: i))
+            let r = try await agent.step(state: state, input: .int(i), context: try context(step: i))
             state = r.state
             #expect(r.outcome == .waitForInput)
         }

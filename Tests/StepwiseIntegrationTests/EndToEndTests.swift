@@ -33,7 +33,7 @@ struct EndToEndTests {
         let dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn)
         for step in 0..<steps {
             let batch = sessions.map {
-                Submission(session: $0, agent: "counter", input: ["n": .number(Double(step)), "s": .string($0.rawValue)])
+                Submission(session: $0, agent: "counter", input: ["n": .int(step), "s": .string($0.rawValue)])
             }
             let receipts = try await dispatcher.submit(batch).receipts()
             #expect(receipts.allSatisfy { $0.enqueued })

@@ -98,7 +98,7 @@ struct EngineTests {
         let steps = 25
         var batch: [Submission] = []
         for step in 0..<steps {
-            for s in sessions { batch.append(Submission(session: s, agent: "counter", input: .number(Double(step)))) }
+            for s in sessions { batch.append(Submission(session: s, agent: "counter", input: .int(step))) }
         }
         _ = try await dispatcher.submit(batch).receipts()
         let finished = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: workerConfig(concurrency: 6)) {

@@ -36,7 +36,7 @@ struct FaultTests {
         func write(_ id: SessionID, inputs: [JSONValue], steps: Int, events: [(type: String, job: Int, step: Int, attempt: Int)])
             async throws
         {
-            let state: JSONValue = ["count": .number(Double(inputs.count)), "inputs": .array(inputs)]
+            let state: JSONValue = ["count": .int(inputs.count), "inputs": .array(inputs)]
             var commands: [[RedisArgument]] = [
                 [
                     "HSET", RedisArgument(keys.session(id)), "status", "waiting", "steps", RedisArgument(steps), "state",
@@ -112,7 +112,7 @@ struct FaultTests {
         for step in 1...steps {
             var batch: [Submission] = []
             for (i, id) in sessions.enumerated() {
-                let input: JSONValue = ["n": .number(Double(step)), "s": .string(id.rawValue)]
+                let input: JSONValue = ["n": .int(step), "s": .string(id.rawValue)]
                 let options: JSONValue? = step == 1 && i.isMultiple(of: 2) ? ["ms": 20] : nil
                 batch.append(Submission(session: id, agent: "counter", input: input, options: options))
                 expected[id, default: []].append(input)
@@ -226,7 +226,7 @@ struct FaultTests {
         for step in 1...steps {
             var batch: [Submission] = []
             for id in sessions {
-                let input: JSONValue = ["n": .number(Double(step)), "s": .string(id.rawValue)]
+                let input: JSONValue = ["n": .int(step), "s": .string(id.rawValue)]
                 batch.append(Submission(session: id, agent: "counter", input: input, options: step == 1 ? ["ms": 50] : nil))
                 expected[id, default: []].append(input)
             }
@@ -305,11 +305,11 @@ struct FaultTests {
 
         var expected: [SessionID: [JSONValue]] = [:]
         var batch: [Submission] = []
-        let poisonInputs: [JSONValue] = (1...5).map { $0 == 3 ? ["n": 3, "fault": "crash"] : ["n": .number(Double($0))] }
+        let poisonInputs: [JSONValue] = (1...5).map { $0 == 3 ? ["n": 3, "fault": "crash"] : ["n": .int($0)] }
         for step in 1...5 {
             batch.append(Submission(session: poison, agent: "fault", input: poisonInputs[step - 1]))
             for id in others {
-                let input: JSONValue = ["n": .number(Double(step)), "s": .string(id.rawValue)]
+                let input: JSONValue = ["n": .int(step), "s": .string(id.rawValue)]
                 batch.append(Submission(session: id, agent: "counter", input: input))
                 expected[id, default: []].append(input)
             }
@@ -483,7 +483,7 @@ struct FaultTests {
         // The worker keeps serving: another session's steps run (and give the queued ones every
         // chance to run, which they must not).
         let other = try SessionID("e-other")
-        let otherInputs: [JSONValue] = (1...3).map { ["n": .number(Double($0))] }
+        let otherInputs: [JSONValue] = (1...3).map { ["n": .int($0)] }
         _ = try await dispatcher.submit(otherInputs.map { Submission(session: other, agent: "counter", input: $0, options: ["ms": 100]) }).receipts()
         let served = await eventually(timeout: .seconds(20)) { await allSteps(conn, keys, [other], equal: 3) }
         #expect(served, "the worker served another session after the cancel: \(worker.output.suffix(1500))")
@@ -515,7 +515,7 @@ struct FaultTests {
         defer { pool.killAll() }
         try pool.start(id: "f-w0", concurrency: 2)
         let id = try SessionID("f-idle")
-        let inputs: [JSONValue] = (1...3).map { ["n": .number(Double($0))] }
+        let inputs: [JSONValue] = (1...3).map { ["n": .int($0)] }
         for input in inputs {
             let r = try await pool.cli([
                 "submit", "--session", id.rawValue, "--agent", "counter", "--input", input.jsonString, "--ttl", "2",
@@ -575,7 +575,7 @@ struct FaultTests {
         var batch: [Submission] = []
         for step in 1...3 {
             for id in sessions {
-                let input: JSONValue = ["n": .number(Double(step)), "s": .string(id.rawValue)]
+                let input: JSONValue = ["n": .int(step), "s": .string(id.rawValue)]
                 batch.append(Submission(session: id, agent: "counter", input: input, options: step == 1 ? ["ms": 150] : nil))
                 expected[id, default: []].append(input)
             }
@@ -745,7 +745,7 @@ struct FaultTests {
         var batch: [Submission] = []
         for step in 1...steps {
             for id in sessions {
-                let input: JSONValue = ["n": .number(Double(step))]
+                let input: JSONValue = ["n": .int(step)]
                 batch.append(Submission(session: id, agent: "counter", input: input, options: step == 1 ? ["ms": 20] : nil))
                 expected[id, default: []].append(input)
             }
@@ -821,8 +821,8 @@ struct FaultTests {
         var batch: [Submission] = []
         for step in 1...steps {
             for (i, id) in sessions.enumerated() {
-                let input: JSONValue = ["n": .number(Double(step)), "s": .string(id.rawValue)]
-                let options: JSONValue? = step == 1 ? ["ms": .number(Double(10 + 10 * (i % 3)))] : nil
+                let input: JSONValue = ["n": .int(step), "s": .string(id.rawValue)]
+                let options: JSONValue? = step == 1 ? ["ms": .int(10 + 10 * (i % 3))] : nil
                 batch.append(Submission(session: id, agent: "counter", input: input, options: options))
                 expected[id, default: []].append(input)
             }

@@ -137,7 +137,7 @@ struct LifecycleTests {
 
     @Test func cancelDropsQueuedStepsAndRefusesLaterSubmits() async throws {
         let id = try SessionID("cancel")
-        for n in 0..<3 { _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: ["n": .number(Double(n))])) }
+        for n in 0..<3 { _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: ["n": .int(n)])) }
         let result = try #require(try await dispatcher.cancel(id, reason: "user left"))
         #expect(result.dropped == 3)
         #expect(result.running == nil)
