@@ -721,7 +721,7 @@ struct FaultTests {
         let report = try await Ledger.check(keys: keys, conn: conn, sessions: [id], expected: [id: inputs])
         #expect(report.isClean, "\(report)")
         let mine = (report.events[id] ?? []).filter { $0.jobID == job }
-        #expect(mine.contains { $0.type == "step.released" && $0.fields["reason"] == "cancelled" }, "\(mine.map(\.type))")
+        #expect(mine.contains { $0.type == "step.released" && $0.fields["reason"] == "shutdown" }, "\(mine.map(\.type))")
         // A release at shutdown gives the delivery back: the rerun is attempt 1 again.
         #expect(mine.filter { $0.type == "step.started" }.map(\.attempt) == [1, 1], "\(mine.map { ($0.type, $0.attempt) })")
         print("[fault j] case took \(ContinuousClock.now - clock)")
