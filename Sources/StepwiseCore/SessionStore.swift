@@ -88,11 +88,16 @@ public struct SessionStore: Sendable {
         if !workers.isEmpty {
             let details = try await connection.pipeline(
                 workers.flatMap {
-                    [["LLEN", RedisArgument(keys.inflight(worker: $0.0))], ["PTTL", RedisArgument(keys.heartbeat(worker: $0.0))]]
+                    [
+                        ["LLEN", RedisArgument(keys.inflight(worker: $0.0))], ["PTTL", RedisArgument(keys.heartbeat(worker: $0.0))],
+                        ["GET", RedisArgument(keys.heartbeat(worker: $0.0))],
+                    ]
                 })
             for (n, wk) in workers.enumerated() {
                 rows.append(
-                    .init(id: wk.0, lastHeartbeatAt: wk.1, inflight: details[2 * n].int ?? 0, alive: (details[2 * n + 1].int ?? -2) > 0))
+                    .init(
+                        id: wk.0, lastHeartbeatAt: wk.1, inflight: details[3 * n].int ?? 0, alive: (details[3 * n + 1].int ?? -2) > 0,
+                        status: details[3 * n + 2].string ?? ""))
             }
         }
         return QueueInfo(
@@ -124,6 +129,9 @@ public struct QueueInfo: Sendable {
         public var lastHeartbeatAt: Int64
         public var inflight: Int
         public var alive: Bool
+        /// What the worker's last heartbeat said: `ok`, `oom` (Redis refused its writes for lack
+        /// of memory: it claims nothing until Redis has room) or `stopping`; empty when dead.
+        public var status: String
     }
     /// Jobs waiting in the ready list.
     public var ready: Int

@@ -137,7 +137,7 @@ struct QueueCommand: AsyncParsableCommand {
             let workers: [JSONValue] = info.workers.map {
                 [
                     "worker": .string($0.id), "inflight": .int($0.inflight), "alive": .bool($0.alive),
-                    "lastHeartbeat": .int($0.lastHeartbeatAt),
+                    "lastHeartbeat": .int($0.lastHeartbeatAt), "status": .string($0.status),
                 ]
             }
             let stats = JSONValue.object(info.stats.mapValues { .int($0) })
@@ -154,10 +154,13 @@ struct QueueCommand: AsyncParsableCommand {
         output("parked     \(info.parked)  (waiting for an active-session slot; \(info.active) held)")
         output("dead       \(info.dead)  (see stepwise dead list)")
         output("workers    \(info.workers.count)")
+        if info.workers.contains(where: { $0.alive && $0.status == "oom" }) {
+            output("redis      OUT OF MEMORY: workers claim nothing until it has room (raise maxmemory or free memory)")
+        }
         for w in info.workers {
-            output(
-                "  \(w.id.padding(toLength: 40, withPad: " ", startingAt: 0)) inflight \(w.inflight)  \(w.alive ? "alive" : "DEAD (reaper will recover its jobs)")"
-            )
+            let state =
+                !w.alive ? "DEAD (reaper will recover its jobs)" : w.status == "oom" ? "alive, redis full: not claiming" : "alive"
+            output("  \(w.id.padding(toLength: 40, withPad: " ", startingAt: 0)) inflight \(w.inflight)  \(state)")
         }
         for (k, v) in info.stats.sorted(by: { $0.key < $1.key }) { output("\(k.padding(toLength: 10, withPad: " ", startingAt: 0)) \(v)") }
     }

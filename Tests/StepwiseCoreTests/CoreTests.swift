@@ -15,7 +15,7 @@ import Testing
         String(repeating: "y", count: 1_000_000), "a\0b", "sess/1",
     ])
     func rejectsInvalidIDs(_ id: String) {
-        #expect(throws: StepwiseError.self) { try SessionID(id) }
+        #expect(stepwiseErrorCode { try SessionID(id) } == .invalidSessionID)
         #expect(!SessionID.isValid(id))
     }
 
@@ -36,8 +36,8 @@ import Testing
         for key in [keys.session(id), keys.inbox(id), keys.jobs(id), keys.idempotency(id), keys.events(id)] {
             #expect(key.hasPrefix("sw:s:{abc}"))
         }
-        #expect(throws: StepwiseError.self) { try KeySpace(namespace: "a b") }
-        #expect(throws: StepwiseError.self) { try KeySpace(namespace: "") }
+        #expect(stepwiseErrorCode { try KeySpace(namespace: "a b") } == .invalidConfiguration)
+        #expect(stepwiseErrorCode { try KeySpace(namespace: "") } == .invalidConfiguration)
     }
 }
 
@@ -49,7 +49,7 @@ import Testing
 
     @Test(arguments: ["{bad", "", "[1,", "{\"a\":}"])
     func rejectsMalformedJSON(_ text: String) {
-        #expect(throws: StepwiseError.self) { try JSONValue(parsing: text) }
+        #expect(stepwiseErrorCode { try JSONValue(parsing: text) } == .invalidJSON)
     }
 
     @Test func handlesEscapesAndUnicode() throws {
@@ -63,16 +63,16 @@ import Testing
 
     @Test(arguments: ["01", "1.", "-", "tru", "\"\\x\"", "\"\\ud800\"", "[1 2]", "{\"a\" 1}", "1 2", "\"a\nb\""])
     func rejectsInvalidSyntax(_ text: String) {
-        #expect(throws: StepwiseError.self) { try JSONValue(parsing: text) }
+        #expect(stepwiseErrorCode { try JSONValue(parsing: text) } == .invalidJSON)
     }
 
     @Test func rejectsDeepNestingInsteadOfCrashing() {
         let deep = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
-        #expect(throws: StepwiseError.self) { try JSONValue(parsing: deep) }
+        #expect(stepwiseErrorCode { try JSONValue(parsing: deep) } == .invalidJSON)
     }
 
     @Test func rejectsInvalidUTF8() {
-        #expect(throws: StepwiseError.self) { try JSONValue(parsing: [0x22, 0xFF, 0xFE, 0x22]) }
+        #expect(stepwiseErrorCode { try JSONValue(parsing: [0x22, 0xFF, 0xFE, 0x22]) } == .invalidJSON)
     }
 }
 
@@ -130,8 +130,8 @@ import Testing
     }
 
     @Test func workerConfigurationIsValidated() {
-        #expect(throws: StepwiseError.self) { try Worker.Configuration(workerID: "a/b").validate() }
-        #expect(throws: StepwiseError.self) { try Worker.Configuration(concurrency: 0).validate() }
+        #expect(stepwiseErrorCode { try Worker.Configuration(workerID: "a/b").validate() } == .invalidConfiguration)
+        #expect(stepwiseErrorCode { try Worker.Configuration(concurrency: 0).validate() } == .invalidConfiguration)
         #expect(throws: Never.self) { try Worker.Configuration(workerID: "w-1").validate() }
     }
 }

@@ -43,8 +43,8 @@ let exactNumbers = [
     ])
     func invalidNumberGrammarIsRejected(_ text: String) {
         #expect(JSONNumber(text: text) == nil)
-        #expect(throws: StepwiseError.self) { try JSONValue(parsing: "[\(text)]") }
-        #expect(throws: StepwiseError.self) { try JSONValue(parsing: text) }
+        #expect(stepwiseErrorCode { try JSONValue(parsing: "[\(text)]") } == .invalidJSON)
+        #expect(stepwiseErrorCode { try JSONValue(parsing: text) } == .invalidJSON)
     }
 
     @Test(arguments: ["1 ", " 1", "", "1,2", "[1]"])

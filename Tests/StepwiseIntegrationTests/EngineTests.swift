@@ -61,12 +61,12 @@ struct EngineTests {
     @Test func submitRejectsMismatchesAndUnknownAgents() async throws {
         let id = try SessionID("mm")
         _ = try await dispatcher.submit(Submission(session: id, agent: "counter", owner: "ann", input: 1))
-        await #expect(throws: StepwiseError.self) { try await dispatcher.submit(Submission(session: id, agent: "echo", input: 1)) }
-        await #expect(throws: StepwiseError.self) { try await dispatcher.submit(Submission(session: id, owner: "bob", input: 1)) }
-        await #expect(throws: StepwiseError.self) { try await dispatcher.submit(Submission(session: try SessionID("new"), input: 1)) }
-        await #expect(throws: StepwiseError.self) { try await dispatcher.submit(Submission(session: id, agent: "nope", input: 1)) }
+        #expect(await stepwiseErrorCode { try await dispatcher.submit(Submission(session: id, agent: "echo", input: 1)) } == .agentMismatch)
+        #expect(await stepwiseErrorCode { try await dispatcher.submit(Submission(session: id, owner: "bob", input: 1)) } == .notOwner)
+        #expect(await stepwiseErrorCode { try await dispatcher.submit(Submission(session: try SessionID("new"), input: 1)) } == .sessionNotFound)
+        #expect(await stepwiseErrorCode { try await dispatcher.submit(Submission(session: id, agent: "nope", input: 1)) } == .unknownAgent)
         let big = JSONValue.string(String(repeating: "x", count: 300 * 1024))
-        await #expect(throws: StepwiseError.self) { try await dispatcher.submit(Submission(session: id, input: big)) }
+        #expect(await stepwiseErrorCode { try await dispatcher.submit(Submission(session: id, input: big)) } == .inputTooLarge)
         #expect(try await store.session(id)?.queued == 1, "rejected submits enqueue nothing")
     }
 
@@ -90,7 +90,8 @@ struct EngineTests {
             #expect(mine == ["step.started", "step.progress", "step.completed"], "step \(step): \(mine)")
         }
         #expect(events.allSatisfy { $0.session == "quiz" && $0.attempt == 1 && $0.time > 0 && !$0.jobID.isEmpty })
-        #expect(try await conn.send(["LLEN", RedisArgument(keys.inflight(worker: "any"))]).int == 0)
+        let inflight = try await ProtocolDriver(conn: conn, keys: keys).allKeys().filter { $0.hasPrefix(keys.prefix + "inflight:") }
+        #expect(inflight.isEmpty, "no worker holds a job after the session settled: \(inflight)")
     }
 
     @Test func stepsOfEachSessionApplyInSubmissionOrder() async throws {

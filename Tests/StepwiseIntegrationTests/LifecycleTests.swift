@@ -113,9 +113,9 @@ struct LifecycleTests {
     @Test func badInputIsRejectedAtSubmitAndWritesNothing() async throws {
         let id = try SessionID("big")
         let big = JSONValue.string(String(repeating: "z", count: 300 * 1024))
-        await #expect(throws: StepwiseError.self) { _ = try await dispatcher.submit(Submission(session: id, agent: "echo", input: big)) }
-        await #expect(throws: StepwiseError.self) { _ = try await dispatcher.submit(Submission(session: id, agent: "nope", input: 1)) }
-        await #expect(throws: StepwiseError.self) { _ = try await dispatcher.submit(Submission(session: id, input: 1)) }
+        #expect(await stepwiseErrorCode { _ = try await dispatcher.submit(Submission(session: id, agent: "echo", input: big)) } == .inputTooLarge)
+        #expect(await stepwiseErrorCode { _ = try await dispatcher.submit(Submission(session: id, agent: "nope", input: 1)) } == .unknownAgent)
+        #expect(await stepwiseErrorCode { _ = try await dispatcher.submit(Submission(session: id, input: 1)) } == .sessionNotFound)
         #expect(try await store.session(id) == nil)
         #expect(try await conn.send(["EXISTS", RedisArgument(keys.inbox(id)), RedisArgument(keys.events(id))]).int == 0)
         // A batch answers each submission: the bad one gets its error and writes nothing, the good
@@ -130,7 +130,7 @@ struct LifecycleTests {
         #expect(first.enqueued && third.enqueued && first.jobID != third.jobID)
         #expect(throws: StepwiseError.self) { try results[1].get() }
         if case .failure(let error as StepwiseError) = results[1] { #expect(error.code == .inputTooLarge) } else { Issue.record("no typed error") }
-        #expect(throws: StepwiseError.self) { _ = try results.receipts() }
+        #expect(stepwiseErrorCode { _ = try results.receipts() } == .inputTooLarge)
         let inbox = try await conn.send(["LRANGE", RedisArgument(keys.inbox(id)), 0, -1]).array?.compactMap(\.string)
         #expect(inbox == [first.jobID, third.jobID])
     }
@@ -147,12 +147,12 @@ struct LifecycleTests {
         #expect(try await conn.send(["LLEN", RedisArgument(keys.ready)]).int == 0)
         let cancelled = try #require(try await events(id).first { $0.type == "session.cancelled" })
         #expect(cancelled.fields["reason"] == "user left")
-        await #expect(throws: StepwiseError.self) {
+        #expect(await stepwiseErrorCode {
             _ = try await dispatcher.submit(Submission(session: id, input: 1))
-        }
-        await #expect(throws: StepwiseError.self) {
+        } == .sessionCancelled)
+        #expect(await stepwiseErrorCode {
             _ = try await dispatcher.cancel(try SessionID("nobody"), reason: "x")
-        }
+        } == .sessionNotFound)
     }
 
     @Test func aRunningStepIsCancelledWithItsSession() async throws {
@@ -189,13 +189,13 @@ struct LifecycleTests {
         _ = try await dispatcher.touch(id, ttl: .seconds(1))
         let gone = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config()) {
             await eventually(timeout: .seconds(15), interval: .milliseconds(100)) {
-                let found = try? await conn.send(["SCAN", 0, "MATCH", RedisArgument(keys.session(id) + "*"), "COUNT", 1000])
+                let found = try? await ProtocolDriver(conn: conn, keys: keys).allKeys().filter { $0.hasPrefix(keys.session(id)) }
                 let index = try? await conn.send(["ZSCORE", RedisArgument(keys.sessions), RedisArgument(id.rawValue)])
-                return found?.array?.last?.array?.isEmpty == true && index?.isNull == true
+                return found?.isEmpty == true && index?.isNull == true
             }
         }
         #expect(gone, "keys expired and the sweep removed the index entry")
         #expect(try await conn.send(["ZSCORE", RedisArgument(keys.expiry), RedisArgument(id.rawValue)]).isNull)
-        await #expect(throws: StepwiseError.self) { _ = try await dispatcher.touch(id) }
+        #expect(await stepwiseErrorCode { _ = try await dispatcher.touch(id) } == .sessionNotFound)
     }
 }
