@@ -81,6 +81,8 @@ struct ChaosParameters: Sendable {
 
 /// What the chaos driver did, and what it saw recover.
 struct ChaosSummary: Sendable {
+    /// The `--seed` of the run (given or drawn), so that it can be repeated.
+    var seed: UInt64 = 0
     /// Faults injected, by kind.
     var injected: [ChaosKind: Int] = [:]
     /// Faults that were due but found no victim (no running, unpaused worker; an OOM window
@@ -120,7 +122,7 @@ struct ChaosSummary: Sendable {
         var skip: [String: JSONValue] = [:]
         for k in ChaosKind.allCases { skip[k.rawValue] = n(skipped[k] ?? 0) }
         return [
-            "injected": .object(inj), "skipped": .object(skip),
+            "seed": .string(String(seed)), "injected": .object(inj), "skipped": .object(skip),
             "recoveries": [
                 "workersRestarted": n(workersRestarted), "pausesResumed": n(pausesResumed), "cleanTerminations": n(cleanTerminations),
                 "connectionsKilled": n(connectionsKilled), "redisRestarts": n(redisRestarts), "redisDowntimeMaxMs": n(redisDowntimeMaxMs),
@@ -168,6 +170,7 @@ final class ChaosDriver {
         self.heartbeatTTL = heartbeatTTL
         self.start = start
         nextAt = start
+        summary.seed = parameters.seed
         nextAt = start + gap()
     }
 
