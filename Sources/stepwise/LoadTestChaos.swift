@@ -294,8 +294,12 @@ final class ChaosDriver {
             try await server.restart()
             summary.redisRestarts += 1
             summary.redisDowntimeMaxMs = max(summary.redisDowntimeMaxMs, Int((ContinuousClock.now - down).inSeconds * 1000))
-            // The restarted server starts without the OOM window's maxmemory.
-            oom = nil
+            // The restarted server starts without the OOM window's maxmemory: that window is over.
+            if oom != nil {
+                oom = nil
+                summary.oomWindows += 1
+                note("the OOM window ended with the restart")
+            }
             note("redis-server is back after \(Int((ContinuousClock.now - down).inSeconds * 1000)) ms")
         } catch {
             summary.errors.append("could not restart redis-server: \(error)")

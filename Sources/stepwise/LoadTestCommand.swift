@@ -4,6 +4,8 @@ import Logging
 import StepwiseCore
 import StepwiseRedis
 import StepwiseTesting
+import Synchronization
+import UnixSignals
 
 struct LoadTestCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -236,8 +238,25 @@ struct LoadTestCommand: AsyncParsableCommand {
             connection.redisURL = server?.url ?? connection.redisURL
         }
         defer { server?.terminate() }
+        // With faults to undo or a server to stop, the first SIGINT/SIGTERM ends the round
+        // cleanly (faults undone, workers stopped, namespace deleted); a second exits at once.
+        var interrupt: InterruptFlag?
+        var watcher: Task<Void, Never>?
+        if chaos != nil || startRedis {
+            let flag = InterruptFlag()
+            interrupt = flag
+            let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
+            watcher = Task {
+                for await _ in signals {
+                    if flag.isSet { _exit(130) }
+                    flag.set()
+                    printError("interrupted: undoing the faults and stopping the workers (again to exit at once)")
+                }
+            }
+        }
+        defer { watcher?.cancel() }
         do {
-            try await runRounds(logger: logger, server: server)
+            try await runRounds(logger: logger, server: server, interrupt: interrupt)
         } catch {
             await server?.stop()
             throw error
@@ -245,7 +264,7 @@ struct LoadTestCommand: AsyncParsableCommand {
         await server?.stop()
     }
 
-    private func runRounds(logger: Logger, server: RedisServerProcess?) async throws {
+    private func runRounds(logger: Logger, server: RedisServerProcess?, interrupt: InterruptFlag?) async throws {
         let conn = try await connection.connect(name: "stepwise:loadtest", logger: logger)
         let started = Date()
         let machine = try await reportingFailures { try await MachineInfo.collect(conn) }
@@ -271,8 +290,15 @@ struct LoadTestCommand: AsyncParsableCommand {
         var baseline: Double?
         for count in workerCounts {
             var result = try await reportingFailures {
-                try await LoadTestRound(params: params, connection: connection, conn: conn, json: json, redisServer: server).run(
+                try await LoadTestRound(
+                    params: params, connection: connection, conn: conn, json: json, redisServer: server, interrupt: interrupt
+                ).run(
                     workers: count)
+            }
+            if interrupt?.isSet == true {
+                output(json ? JSONValue.object(result.json).jsonString : LoadTestReport.tableRow(result, kills: killEvery != nil))
+                printError(result.errors.joined(separator: "; "))
+                throw ExitCode.failure
             }
             if baseline == nil { baseline = result.stepsPerSecond / Double(count) }
             result.scalingEfficiency = result.stepsPerSecond / ((baseline ?? 1) * Double(count))
@@ -372,4 +398,14 @@ extension Duration {
         let (s, atto) = components
         return Double(s) + Double(atto) / 1e18
     }
+}
+
+/// Set by the first SIGINT or SIGTERM of a `loadtest` run: the round's loop stops, undoes its
+/// faults and stops its workers instead of dying with them half-done.
+final class InterruptFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+
+    var isSet: Bool { flag.load(ordering: .relaxed) }
+
+    func set() { flag.store(true, ordering: .relaxed) }
 }

@@ -13,6 +13,8 @@ struct LoadTestRound {
     let json: Bool
     /// The redis-server `--start-redis` started (for `--chaos redis-restart`), if any.
     var redisServer: RedisServerProcess? = nil
+    /// Set on SIGINT/SIGTERM: the round stops waiting, undoes its faults and stops its workers.
+    var interrupt: InterruptFlag? = nil
 
     func run(workers count: Int) async throws -> RoundResult {
         let runID = String(UInt32.random(in: .min ... .max), radix: 16).leftPadded(to: 8)
@@ -96,6 +98,7 @@ struct LoadTestRound {
         do {
             finished = try await poll(timeout: params.timeLimit, interval: tick) {
                 let now = ContinuousClock.now
+                if interrupt?.isSet == true { return true }
                 if params.rate > 0, submitted < total {
                     let target = min(total, Int(params.rate * (now - start).inSeconds) + 1)
                     if let chaos {
@@ -182,11 +185,18 @@ struct LoadTestRound {
         // Every fault is undone before anything is read or stopped: paused workers continue,
         // maxmemory is restored, Redis runs.
         await chaos?.undoAll()
+        if let chaos, settleStart == nil, finished, !gaveUp, interrupt?.isSet != true, let submitEnd {
+            // Every session finished while a fault was still open: nothing was left to settle.
+            let faultEnd = start + .milliseconds(Int64((chaos.summary.lastFaultEnd ?? 0) * 1000))
+            settleStart = max(faultEnd, submitEnd)
+            settleBound = SettleBound(params: params, workers: count, backlog: (0, 0))
+        }
         let after = try await redisCounters()
         let cpuAfter = pool?.cpuSeconds ?? 0
         pool?.collectUnexpectedExits()
+        let interrupted = interrupt?.isSet == true
         var stuck: String?
-        if !finished || gaveUp {
+        if !finished || gaveUp || interrupted {
             // Say where the work stands, before the workers stop and hand their jobs back.
             let q = try await SessionStore(connection: conn, keys: keys).queueInfo()
             let ws = q.workers.map { "\($0.id) inflight \($0.inflight)\($0.alive ? "" : " DEAD")" }.joined(separator: ", ")
@@ -196,8 +206,8 @@ struct LoadTestRound {
         await pool?.stopAll()
 
         var result = try await check(ids: ids, keys: keys, killedAt: pool?.killedAt ?? [:])
-        if !finished || gaveUp {
-            let why = gaveUp ? "settle bound (x2 + 5 s) passed" : "time limit"
+        if !finished || gaveUp || interrupted {
+            let why = interrupted ? "interrupted" : gaveUp ? "settle bound (x2 + 5 s) passed" : "time limit"
             result.errors.insert("\(why): \(total - done) of \(total) steps not committed (\(stuck ?? ""))", at: 0)
         }
         result.errors += pool?.unexpectedExits ?? []
@@ -205,7 +215,7 @@ struct LoadTestRound {
             var report = try await chaosReport(
                 chaos.summary, keys: keys, ids: ids, wallStart: wallStart, settleStart: settleStart.map { ($0 - start).inSeconds },
                 bound: settleBound, lastCommitMs: result.lastCommitMs)
-            report.stuck = max(report.stuck, gaveUp || !finished ? pending.count : 0)
+            report.stuck = max(report.stuck, gaveUp || !finished || interrupted ? pending.count : 0)
             report.staleAccepted = result.staleAccepted
             report.lost = result.missing
             report.appliedTwice = result.duplicates
