@@ -249,26 +249,26 @@ final class ChaosDriver {
         faultEnded()
     }
 
-    /// `CLIENT KILL ID` of each connection named `stepwise:<worker>:<role>` of one random worker.
+    /// `CLIENT KILL ID` of each connection named `stepwise:<worker>:<role>` of one random
+    /// running, unpaused worker that has connections (a new one may not have connected yet).
     private func clientKill() async {
-        let candidates = pool.activeIDs
-        guard !candidates.isEmpty else { return skip(.clientKill) }
-        let victim = candidates[Int.random(in: 0..<candidates.count, using: &rng)]
         do {
             let list = try await conn.send(["CLIENT", "LIST", "TYPE", "normal"]).throwingServerError().string ?? ""
-            var ids: [String] = []
+            var connections: [String: [String]] = [:]
             for line in list.split(whereSeparator: \.isNewline) {
                 var fields: [Substring: Substring] = [:]
                 for pair in line.split(separator: " ") {
                     guard let eq = pair.firstIndex(of: "=") else { continue }
                     fields[pair[..<eq]] = pair[pair.index(after: eq)...]
                 }
-                if let name = fields["name"], name.hasPrefix("stepwise:\(victim):"), let id = fields["id"] { ids.append(String(id)) }
+                guard let name = fields["name"], let id = fields["id"] else { continue }
+                let parts = name.split(separator: ":")
+                if parts.count == 3, parts[0] == "stepwise" { connections[String(parts[1]), default: []].append(String(id)) }
             }
-            guard !ids.isEmpty else {
-                note("client-kill \(victim): no connections found")
-                return skip(.clientKill)
-            }
+            let candidates = pool.activeIDs.filter { connections[$0] != nil }
+            guard !candidates.isEmpty else { return skip(.clientKill) }
+            let victim = candidates[Int.random(in: 0..<candidates.count, using: &rng)]
+            let ids = connections[victim] ?? []
             var killed = 0
             for id in ids { killed += try await conn.send(["CLIENT", "KILL", "ID", RedisArgument(id)]).throwingServerError().int ?? 0 }
             summary.connectionsKilled += killed
@@ -382,8 +382,11 @@ final class ChaosDriver {
         faultEnded()
     }
 
+    /// A fault that found no victim goes back to the end of the bag, so that every kind still
+    /// comes up once per cycle.
     private func skip(_ kind: ChaosKind) {
         summary.skipped[kind, default: 0] += 1
+        bag.append(kind)
         note("\(kind.rawValue) skipped: no victim")
     }
 
