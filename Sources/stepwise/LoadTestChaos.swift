@@ -463,6 +463,8 @@ struct ChaosRoundReport: Sendable {
     /// The last commit minus `settleStart`, when every session finished.
     var settle: Double?
     var bound: SettleBound?
+    /// Up to 5 dead letters and 5 stuck sessions, described (reason, attempts; status, holder).
+    var samples: [String] = []
 
     init(summary: ChaosSummary) { self.summary = summary }
 
@@ -486,6 +488,7 @@ struct ChaosRoundReport: Sendable {
         func r(_ v: Double?) -> JSONValue { v.map { .number(($0 * 1000).rounded() / 1000) } ?? .null }
         guard case .object(var o) = summary.json else { return summary.json }
         o["stats"] = .object(stat)
+        o["samples"] = .array(samples.map { .string($0) })
         o["settle"] = [
             "startSeconds": r(settleStart), "allFinishedSeconds": r(allFinished), "settleSeconds": r(settle),
             "bound": bound?.json ?? .null,

@@ -152,6 +152,7 @@ enum LoadTestReport {
             "# checks: lost \(c.lost), applied twice \(c.appliedTwice), reordered \(c.reordered), stuck \(c.stuck), "
                 + "stale commits accepted \(c.staleAccepted), dead letters \(c.deadLetters): "
                 + (failures.isEmpty && c.lost + c.appliedTwice + c.reordered == 0 ? "OK" : "FAILED"))
+        lines += c.samples.map { "# \($0)" }
         lines += s.log.prefix(200).map { "#   \($0)" }
         if s.log.count > 200 { lines.append("#   ... \(s.log.count - 200) more in results.json") }
         return lines.joined(separator: "\n")

@@ -260,11 +260,32 @@ struct LoadTestRound {
             if let k = flat[i].string, let v = flat[i + 1].string.flatMap({ Int($0) }) { r.stats[k] = v }
         }
         r.deadLetters = max(replies[1].int ?? 0, r.stats["dead"] ?? 0)
+        if r.deadLetters > 0 {
+            let dead = try await conn.send(["ZRANGE", RedisArgument(keys.dead), "0", "4"]).array?.compactMap(\.string) ?? []
+            let fields = try await conn.pipeline(
+                dead.map {
+                    ["HMGET", RedisArgument(keys.prefix + "s:{" + $0 + "}"), "dead_reason", "dead_attempts", "dead_error", "blocked"]
+                })
+            for (sid, f) in zip(dead, fields) {
+                let v = (f.array ?? []).map { $0.string ?? "-" }
+                guard v.count == 4 else { continue }
+                r.samples.append("dead letter \(sid): job \(v[3]) reason \(v[0]), attempts \(v[1]), error \(v[2].prefix(200))")
+            }
+        }
         r.bound = bound
         r.settleStart = settleStart
         if let settleStart {
             let limit = wallStart + Int64(((settleStart + (bound?.seconds ?? 0)) * 1000).rounded())
-            r.stuck = lastCommitMs.filter { $0 == nil || $0! > limit }.count
+            let stuck = lastCommitMs.indices.filter { lastCommitMs[$0] == nil || lastCommitMs[$0]! > limit }
+            r.stuck = stuck.count
+            let fields = try await conn.pipeline(
+                stuck.prefix(5).map { ["HMGET", RedisArgument(keys.session(ids[$0])), "status", "steps", "holder", "blocked"] })
+            for (i, f) in zip(stuck.prefix(5), fields) {
+                let v = (f.array ?? []).map { $0.string ?? "-" }
+                guard v.count == 4 else { continue }
+                let when = lastCommitMs[i].map { String(format: "finished at +%.2f s", Double($0 - wallStart) / 1000) } ?? "unfinished"
+                r.samples.append("stuck \(ids[i].rawValue): \(when), status \(v[0]), steps \(v[1]), holder '\(v[2])', blocked '\(v[3])'")
+            }
             if let last = lastCommitMs.compactMap({ $0 }).max(), !lastCommitMs.contains(where: { $0 == nil }) {
                 r.allFinished = Double(last - wallStart) / 1000
                 r.settle = max(0, Double(last - wallStart) / 1000 - settleStart)
@@ -340,20 +361,25 @@ struct LoadTestRound {
                 let ends = events.filter(\.isStepEnd)
                 let seqs = ends.map { jobSeq($0.jobID) }
                 let distinct = Set(seqs)
-                if distinct.count != seqs.count { duplicates += 1 }
-                if distinct.intersection(1...steps).count < steps { missing += 1 }
-                if seqs != seqs.sorted() { orderViolations += 1 }
+                // Each is a count of sessions: a session that fails a check in its stream and in
+                // its ledger counts once.
+                var duplicated = distinct.count != seqs.count
+                var lost = distinct.intersection(1...steps).count < steps
+                var reordered = seqs != seqs.sorted()
                 if ends.map(\.step) != Array(1...steps) { incompleteStreams += 1 }
                 failedSteps += ends.filter { $0.type == "step.failed" }.count
                 if ledger {
                     let state = (try? JSONValue(parsing: replies[perSession * n + 1].bytes ?? [])) ?? .null
                     let applied = (state["inputs"]?.arrayValue ?? []).compactMap { $0["n"]?.intValue }
                     if applied != Array(0..<steps) {
-                        if Set(applied).count != applied.count { duplicates += 1 }
-                        if Set(applied).intersection(0..<steps).count < steps { missing += 1 }
-                        if applied != applied.sorted() { orderViolations += 1 }
+                        if Set(applied).count != applied.count { duplicated = true }
+                        if Set(applied).intersection(0..<steps).count < steps { lost = true }
+                        if applied != applied.sorted() { reordered = true }
                     }
                 }
+                if duplicated { duplicates += 1 }
+                if lost { missing += 1 }
+                if reordered { orderViolations += 1 }
                 // Steps that were in flight on a killed worker: from the kill to their commit.
                 var hit: [String: Int64] = [:]
                 for e in events where e.type == "step.recovered" {
