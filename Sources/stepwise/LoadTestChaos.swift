@@ -293,14 +293,15 @@ final class ChaosDriver {
         do {
             try await server.restart()
             summary.redisRestarts += 1
-            summary.redisDowntimeMaxMs = max(summary.redisDowntimeMaxMs, Int((ContinuousClock.now - down).inSeconds * 1000))
+            let downtime = Int((ContinuousClock.now - down).inSeconds * 1000)
+            summary.redisDowntimeMaxMs = max(summary.redisDowntimeMaxMs, downtime)
             // The restarted server starts without the OOM window's maxmemory: that window is over.
             if oom != nil {
                 oom = nil
                 summary.oomWindows += 1
                 note("the OOM window ended with the restart")
             }
-            note("redis-server is back after \(Int((ContinuousClock.now - down).inSeconds * 1000)) ms")
+            note("redis-server is back after \(downtime) ms")
         } catch {
             summary.errors.append("could not restart redis-server: \(error)")
         }
