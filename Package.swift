@@ -74,6 +74,8 @@ let package = Package(
                 "StepwiseCore",
                 "StepwiseAgents",
                 "StepwiseRedis",
+                // RedisServerProcess: `loadtest --start-redis` runs (and, for chaos, restarts) its own redis-server.
+                "StepwiseTesting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -40,6 +40,8 @@ public final class RedisServerProcess: Sendable {
     public let directory: String
     /// The `redis-server` executable.
     public let binary: String
+    /// The `appendfsync` setting: `everysec` (the default) or `always`.
+    public let appendfsync: String
     private let current = Mutex<ChildProcess?>(nil)
     /// Every server process started, for the backstop kill.
     private let started = Mutex<[ChildProcess]>([])
@@ -53,24 +55,31 @@ public final class RedisServerProcess: Sendable {
     /// The running server process, if any.
     public var process: ChildProcess? { current.withLock { $0 } }
 
-    private init(port: Int, directory: String, binary: String) {
+    private init(port: Int, directory: String, binary: String, appendfsync: String) {
         self.port = port
         self.directory = directory
         self.binary = binary
+        self.appendfsync = appendfsync
     }
 
     /// Starts a server on a free loopback port in a new temporary directory and waits until it
     /// answers `PING`.
     ///
-    /// - Parameter binary: the `redis-server` path; by default `$STEPWISE_REDIS_SERVER`, else the
-    ///   first `redis-server` on `$PATH`, else `/usr/bin/redis-server`.
+    /// - Parameters:
+    ///   - binary: the `redis-server` path; by default `$STEPWISE_REDIS_SERVER`, else the
+    ///     first `redis-server` on `$PATH`, else `/usr/bin/redis-server`.
+    ///   - appendfsync: `everysec` (default) or `always` (fsync before every reply: nothing
+    ///     acknowledged is lost even by a power loss).
     /// - Throws: ``TestSupportError`` when no port is free or the server does not answer in 10 s.
-    public static func start(binary: String? = nil) async throws -> RedisServerProcess {
+    public static func start(binary: String? = nil, appendfsync: String = "everysec") async throws -> RedisServerProcess {
+        guard ["everysec", "always"].contains(appendfsync) else {
+            throw TestSupportError("appendfsync must be everysec or always, got '\(appendfsync)'")
+        }
         let executable = binary ?? locateBinary()
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stepwise-redis-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let port = try freeLoopbackPort()
-        let server = RedisServerProcess(port: port, directory: dir, binary: executable)
+        let server = RedisServerProcess(port: port, directory: dir, binary: executable, appendfsync: appendfsync)
         do {
             try await server.launch()
         } catch {
@@ -152,7 +161,7 @@ public final class RedisServerProcess: Sendable {
             binary: binary,
             arguments: [
                 "--port", "\(port)", "--bind", "127.0.0.1", "--protected-mode", "yes", "--dir", directory,
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction",
+                "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "", "--maxmemory-policy", "noeviction",
                 "--daemonize", "no",
             ])
         started.withLock { $0.append(child) }

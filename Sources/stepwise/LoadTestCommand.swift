@@ -3,6 +3,9 @@ import Foundation
 import Logging
 import StepwiseCore
 import StepwiseRedis
+import StepwiseTesting
+import Synchronization
+import UnixSignals
 
 struct LoadTestCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -68,10 +71,42 @@ struct LoadTestCommand: AsyncParsableCommand {
                 """))
     var killEvery: Double?
 
-    @Option(help: "--heartbeat-ttl of the started workers (default: the worker's 10 s, or 2 s with --kill-every).")
+    @Option(
+        help: ArgumentHelp(
+            "Inject random faults while steps are submitted: a comma-separated list of kill, pause, term, client-kill, redis-restart, oom.",
+            discussion: """
+                kill: kill -9 of a random worker, and a new one. pause: SIGSTOP of a random worker for heartbeat \
+                TTL + 1-3 s, then SIGCONT. term: SIGTERM (graceful), and a new one. client-kill: CLIENT KILL of \
+                a random worker's connections. redis-restart (needs --start-redis): kill -9 of redis-server \
+                (appendfsync always, so nothing acknowledged is lost) and a restart from its append-only file. \
+                oom: maxmemory just below used_memory (noeviction) for 2-4 s. Kinds come from a shuffled bag: \
+                every kind once, then a new shuffle. Faults stop when the last step is submitted (or at \
+                --chaos-until), every one is undone, and the round must then finish within the settle bound; \
+                it fails on any lost, twice-applied or reordered step, stuck session, accepted stale commit, \
+                or dead letter. Not with --external or --kill-every.
+                """))
+    var chaos: String?
+
+    @Option(help: "Mean seconds between two --chaos faults; each gap is uniform in 0.5-1.5x this (>= 0.1).")
+    var chaosEvery: Double = 2
+
+    @Option(help: "Seconds after a round's start when --chaos stops (default: when the last step is submitted; required with --rate 0).")
+    var chaosUntil: Double?
+
+    @Option(help: "Seed of the --chaos choices (kinds, gaps, victims), printed in the header so a run can be repeated (default: random).")
+    var seed: UInt64?
+
+    @Flag(
+        help: """
+            Start a private redis-server for the run (127.0.0.1, a free port, a temporary directory, appendonly yes, \
+            appendfsync always) and stop it at the end; --chaos redis-restart needs it. Not with --redis or --external.
+            """)
+    var startRedis = false
+
+    @Option(help: "--heartbeat-ttl of the started workers (default: the worker's 10 s, or 2 s with --kill-every or --chaos).")
     var heartbeatTTL: Double?
 
-    @Option(help: "--reaper-interval of the started workers (default: the worker's 4 s, or 0.5 s with --kill-every).")
+    @Option(help: "--reaper-interval of the started workers (default: the worker's 4 s, or 0.5 s with --kill-every or --chaos).")
     var reaperInterval: Double?
 
     @Option(help: "Directory for results.json and chart.svg (created if missing).")
@@ -122,6 +157,36 @@ struct LoadTestCommand: AsyncParsableCommand {
             _ = try seconds(killEvery, flag: "--kill-every", min: 0.1)
             if external { throw ValidationError("--kill-every kills workers the load test started: it cannot be used with --external") }
         }
+        if let chaos {
+            let kinds = try ChaosKind.parse(chaos)
+            _ = try seconds(chaosEvery, flag: "--chaos-every", min: 0.1)
+            if let chaosUntil { _ = try seconds(chaosUntil, flag: "--chaos-until", min: 0.1) }
+            if external {
+                throw ValidationError("--chaos injects faults into workers the load test started: it cannot be used with --external")
+            }
+            if killEvery != nil { throw ValidationError("--kill-every and --chaos both kill workers: give --chaos kill instead") }
+            if memory != nil { throw ValidationError("--memory and --chaos are separate runs: give one of them") }
+            if rate == 0 && chaosUntil == nil {
+                throw ValidationError(
+                    "--chaos needs an end: with --rate 0 every step is submitted at once, so give --rate (faults stop at the last submit) or --chaos-until SECONDS"
+                )
+            }
+            if kinds.contains(.redisRestart) && !startRedis {
+                throw ValidationError(
+                    "--chaos redis-restart restarts a redis-server the load test started itself: add --start-redis (a server given with --redis is never restarted)"
+                )
+            }
+        } else if chaosUntil != nil || seed != nil {
+            throw ValidationError("--chaos-until and --seed only apply to --chaos runs: add --chaos")
+        }
+        if startRedis {
+            if external {
+                throw ValidationError("--start-redis starts a new, empty server: not with --external (whose workers use another one)")
+            }
+            if CommandLine.arguments.contains(where: { $0 == "--redis" || $0.hasPrefix("--redis=") }) {
+                throw ValidationError("--start-redis starts its own server: do not give --redis too")
+            }
+        }
         if let heartbeatTTL { _ = try seconds(heartbeatTTL, flag: "--heartbeat-ttl", min: 1) }
         if let reaperInterval { _ = try seconds(reaperInterval, flag: "--reaper-interval", min: 0.1) }
         if external {
@@ -159,8 +224,47 @@ struct LoadTestCommand: AsyncParsableCommand {
         try? fm.removeItem(atPath: probe)
     }
 
-    func run() async throws {
+    mutating func run() async throws {
         let logger = connection.makeLogger(label: "stepwise.loadtest")
+        if chaos != nil && seed == nil { seed = UInt64.random(in: 0...UInt64.max) }
+        var server: RedisServerProcess?
+        if startRedis {
+            do {
+                server = try await RedisServerProcess.start(appendfsync: "always")
+            } catch {
+                printError("--start-redis: \(error)")
+                throw ExitCode.failure
+            }
+            connection.redisURL = server?.url ?? connection.redisURL
+        }
+        defer { server?.terminate() }
+        // With faults to undo or a server to stop, the first SIGINT/SIGTERM ends the round
+        // cleanly (faults undone, workers stopped, namespace deleted); a second exits at once.
+        var interrupt: InterruptFlag?
+        var watcher: Task<Void, Never>?
+        if chaos != nil || startRedis {
+            let flag = InterruptFlag()
+            interrupt = flag
+            let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
+            watcher = Task {
+                for await _ in signals {
+                    if flag.isSet { _exit(130) }
+                    flag.set()
+                    printError("interrupted: undoing the faults and stopping the workers (again to exit at once)")
+                }
+            }
+        }
+        defer { watcher?.cancel() }
+        do {
+            try await runRounds(logger: logger, server: server, interrupt: interrupt)
+        } catch {
+            await server?.stop()
+            throw error
+        }
+        await server?.stop()
+    }
+
+    private func runRounds(logger: Logger, server: RedisServerProcess?, interrupt: InterruptFlag?) async throws {
         let conn = try await connection.connect(name: "stepwise:loadtest", logger: logger)
         let started = Date()
         let machine = try await reportingFailures { try await MachineInfo.collect(conn) }
@@ -176,18 +280,31 @@ struct LoadTestCommand: AsyncParsableCommand {
         let params = LoadTestParameters(command: self)
         if !json {
             output(LoadTestReport.header(params, endpoint: connection.endpoint.description, machine: machine))
+            if let server {
+                output("# --start-redis: redis-server pid \(server.process?.pid ?? 0) on \(server.url), dir \(server.directory)")
+            }
+            if let c = params.chaos { output(LoadTestReport.chaosHeader(c, params: params)) }
             output(LoadTestReport.tableHeader(kills: killEvery != nil))
         }
         var rows: [RoundResult] = []
         var baseline: Double?
         for count in workerCounts {
             var result = try await reportingFailures {
-                try await LoadTestRound(params: params, connection: connection, conn: conn, json: json).run(workers: count)
+                try await LoadTestRound(
+                    params: params, connection: connection, conn: conn, json: json, redisServer: server, interrupt: interrupt
+                ).run(
+                    workers: count)
+            }
+            if interrupt?.isSet == true {
+                output(json ? JSONValue.object(result.json).jsonString : LoadTestReport.tableRow(result, kills: killEvery != nil))
+                printError(result.errors.joined(separator: "; "))
+                throw ExitCode.failure
             }
             if baseline == nil { baseline = result.stepsPerSecond / Double(count) }
             result.scalingEfficiency = result.stepsPerSecond / ((baseline ?? 1) * Double(count))
             rows.append(result)
             output(json ? JSONValue.object(result.json).jsonString : LoadTestReport.tableRow(result, kills: killEvery != nil))
+            if !json, let c = result.chaos { output(LoadTestReport.chaosBlock(c)) }
         }
         if !json, rows.contains(where: { !$0.errors.isEmpty }) {
             for r in rows where !r.errors.isEmpty { printError("\(r.workers) workers: \(r.errors.joined(separator: "; "))") }
@@ -231,6 +348,7 @@ struct LoadTestParameters: Sendable {
     var rate: Double
     var timeLimit: Duration
     var killEvery: Duration?
+    var chaos: ChaosParameters?
     var heartbeatTTL: Double?
     var reaperInterval: Double?
     var external: Bool
@@ -246,14 +364,19 @@ struct LoadTestParameters: Sendable {
         rate = c.rate
         timeLimit = .milliseconds(Int64(c.timeLimit * 1000))
         killEvery = c.killEvery.map { .milliseconds(Int64($0 * 1000)) }
-        heartbeatTTL = c.heartbeatTTL ?? (c.killEvery != nil ? 2 : nil)
-        reaperInterval = c.reaperInterval ?? (c.killEvery != nil ? 0.5 : nil)
+        chaos = c.chaos.flatMap { try? ChaosKind.parse($0) }.map {
+            ChaosParameters(kinds: $0, every: c.chaosEvery, until: c.chaosUntil, seed: c.seed ?? 0)
+        }
+        let fastRecovery = c.killEvery != nil || chaos != nil
+        heartbeatTTL = c.heartbeatTTL ?? (fastRecovery ? 2 : nil)
+        reaperInterval = c.reaperInterval ?? (fastRecovery ? 0.5 : nil)
         external = c.external
         workerCounts = c.workerCounts
     }
 
     /// Events per session stream the started workers keep: enough that the checks see every step end.
-    var eventsMaxLength: Int { max(1000, steps * 4 + 100) }
+    /// Under chaos a step may be started, recovered and released several times: keep more.
+    var eventsMaxLength: Int { chaos == nil ? max(1000, steps * 4 + 100) : max(2000, steps * 10 + 1000) }
 
     var json: [String: JSONValue] {
         var o: [String: JSONValue] = [
@@ -263,6 +386,7 @@ struct LoadTestParameters: Sendable {
             "workers": .array(workerCounts.map { .int($0) }),
         ]
         o["killEverySeconds"] = killEvery.map { .double($0.inSeconds) } ?? .null
+        o["chaos"] = chaos?.json ?? .null
         o["heartbeatTTLSeconds"] = heartbeatTTL.map { .double($0) } ?? .null
         o["reaperIntervalSeconds"] = reaperInterval.map { .double($0) } ?? .null
         return o
@@ -274,4 +398,14 @@ extension Duration {
         let (s, atto) = components
         return Double(s) + Double(atto) / 1e18
     }
+}
+
+/// Set by the first SIGINT or SIGTERM of a `loadtest` run: the round's loop stops, undoes its
+/// faults and stops its workers instead of dying with them half-done.
+final class InterruptFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+
+    var isSet: Bool { flag.load(ordering: .relaxed) }
+
+    func set() { flag.store(true, ordering: .relaxed) }
 }

@@ -33,12 +33,20 @@ struct RoundResult: Sendable {
     var recoveryWaitMaxMs: UInt64?
     var recoveryWaitP50Ms: UInt64?
     var orderViolations = 0, duplicates = 0, missing = 0, incompleteStreams = 0, failedSteps = 0
+    /// `step.released` events seen (graceful shutdowns handing steps back).
+    var releasedSteps = 0
+    /// Step ends committed by a run that had lost its step (see `LoadTestRound.staleCommits`).
+    var staleAccepted = 0
+    /// Per session (in order): when its last step committed (ms since 1970), `nil` if it did not.
+    var lastCommitMs: [Int64?] = []
+    /// With --chaos: faults, recoveries and the chaos checks.
+    var chaos: ChaosRoundReport?
     var errors: [String] = []
 
     var json: [String: JSONValue] {
         func n(_ v: Double, _ digits: Double = 1) -> JSONValue { .double((v * digits).rounded() / digits) }
         func u(_ v: UInt64?) -> JSONValue { v.map { .int($0) } ?? .null }
-        return [
+        var o: [String: JSONValue] = [
             "workers": .int(workers), "steps": .int(steps), "seconds": n(seconds, 1000),
             "stepsPerSecond": n(stepsPerSecond), "scalingEfficiency": n(scalingEfficiency, 1000),
             "latencyMs": ["p50": u(p50), "p90": u(p90), "p99": u(p99), "max": u(max)],
@@ -54,6 +62,11 @@ struct RoundResult: Sendable {
             ],
             "errors": .array(errors.map { .string($0) }),
         ]
+        if let chaos {
+            o["chaos"] = chaos.json
+            o["releasedSteps"] = n(Double(releasedSteps))
+        }
+        return o
     }
 }
 
@@ -95,6 +108,54 @@ enum LoadTestReport {
         if let k = p.killEvery { text += ", kill -9 every \(k.inSeconds) s" }
         text += ", redis \(endpoint) (\(machine.redisVersion)), \(machine.cores) cores, load \(machine.loadAverage)"
         return text
+    }
+
+    static func chaosHeader(_ c: ChaosParameters, params: LoadTestParameters) -> String {
+        var text =
+            "# chaos: \(c.kinds.map(\.rawValue).joined(separator: ",")) every \(c.every) s on average (uniform 0.5-1.5x), seed \(c.seed)"
+        text += c.until.map { ", until +\($0) s" } ?? ", until the last step is submitted"
+        text +=
+            "; workers: heartbeat TTL \(params.heartbeatTTL.map { "\($0)" } ?? "10") s, reaper interval \(params.reaperInterval.map { "\($0)" } ?? "4") s"
+        if c.kinds.contains(.redisRestart) {
+            text += "; redis-restart = kill -9 of redis-server (appendonly yes, appendfsync always: every acknowledged write is fsynced) "
+            text += "and a restart on the same port and dir"
+        }
+        return text
+    }
+
+    /// The chaos part of a round, as `#` lines after its row: faults, recoveries, settle time, checks.
+    static func chaosBlock(_ c: ChaosRoundReport) -> String {
+        let s = c.summary
+        func counts(_ d: [ChaosKind: Int]) -> String {
+            d.isEmpty ? "none" : ChaosKind.allCases.compactMap { k in d[k].map { "\(k.rawValue) \($0)" } }.joined(separator: ", ")
+        }
+        var lines = ["# faults: \(s.totalInjected) injected: \(counts(s.injected)) (skipped, no victim: \(counts(s.skipped)))"]
+        lines.append(
+            "# recoveries: \(s.workersRestarted) workers restarted, \(s.pausesResumed) paused workers continued, "
+                + "\(s.cleanTerminations) clean SIGTERM exits, \(s.connectionsKilled) connections killed, "
+                + "\(s.redisRestarts) redis restarts (longest downtime \(s.redisDowntimeMaxMs) ms), "
+                + "\(s.oomWindows) OOM windows (\(s.oomConfirmed) confirmed by a refused write), "
+                + "\(s.submitRetries) submit retries, \(s.readRetries) read retries")
+        let stat = ["committed", "reaped", "stale_commits", "skipped", "dead"].map { "\($0) \(c.stats[$0] ?? 0)" }
+        let other = c.stats.keys.filter { !["committed", "reaped", "stale_commits", "skipped", "dead"].contains($0) }.sorted()
+        lines.append(
+            "# engine stats: " + (stat + other.map { "\($0) \(c.stats[$0] ?? 0)" }).joined(separator: ", ")
+                + " (stale_commits are rejected ones)")
+        func t(_ v: Double?) -> String { v.map { String(format: "+%.2f s", $0) } ?? "never" }
+        var settle = "# settle: faults and submits over at \(t(c.settleStart)), last fault ended at \(t(s.lastFaultEnd)), "
+        settle += "all sessions finished at \(t(c.allFinished))"
+        if let v = c.settle { settle += String(format: ": settle %.2f s", v) }
+        if let b = c.bound { settle += " (bound: \(b.text))" }
+        lines.append(settle)
+        let failures = c.failures
+        lines.append(
+            "# checks: lost \(c.lost), applied twice \(c.appliedTwice), reordered \(c.reordered), stuck \(c.stuck), "
+                + "stale commits accepted \(c.staleAccepted), dead letters \(c.deadLetters): "
+                + (failures.isEmpty && c.lost + c.appliedTwice + c.reordered == 0 ? "OK" : "FAILED"))
+        lines += c.samples.map { "# \($0)" }
+        lines += s.log.prefix(200).map { "#   \($0)" }
+        if s.log.count > 200 { lines.append("#   ... \(s.log.count - 200) more in results.json") }
+        return lines.joined(separator: "\n")
     }
 
     static func tableHeader(kills: Bool) -> String {

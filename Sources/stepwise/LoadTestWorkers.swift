@@ -26,6 +26,12 @@ final class LoadTestWorkerPool {
     let logDirectory: String
     /// Workers that exited although nobody stopped them, with their exit status and last log lines.
     private(set) var unexpectedExits: [String] = []
+    /// Workers sent SIGTERM by ``terminateRandom(using:)`` that have not exited yet.
+    private var stopping: [Child] = []
+    /// Workers stopped with SIGSTOP by ``pauseRandom(using:)`` and not yet resumed.
+    private(set) var paused: Set<String> = []
+    /// Workers that exited after ``terminateRandom(using:)``: how many exited with status 0.
+    private(set) var cleanTerminations = 0
 
     /// - Parameters:
     ///   - arguments: `worker` flags shared by every process (`--namespace`, `--concurrency`, ...).
@@ -40,7 +46,10 @@ final class LoadTestWorkerPool {
     }
 
     deinit {
-        for c in children where c.process.isRunning { kill(c.process.processIdentifier, SIGKILL) }
+        for c in children + stopping where c.process.isRunning {
+            kill(c.process.processIdentifier, SIGCONT)
+            kill(c.process.processIdentifier, SIGKILL)
+        }
     }
 
     /// Starts one more worker process with a new worker id.
@@ -72,6 +81,7 @@ final class LoadTestWorkerPool {
         guard !gone.isEmpty else { return 0 }
         children.removeAll { !$0.process.isRunning }
         for c in gone {
+            paused.remove(c.id)
             let how = c.process.terminationReason == .uncaughtSignal ? "signal" : "status"
             let tail = ((try? String(contentsOfFile: c.logPath, encoding: .utf8)) ?? "").split(separator: "\n").suffix(3)
             unexpectedExits.append(
@@ -88,12 +98,81 @@ final class LoadTestWorkerPool {
 
     /// kill -9 of one random running worker; returns its id.
     func killRandom() -> String? {
-        guard !children.isEmpty else { return nil }
-        let victim = children.remove(at: Int.random(in: 0..<children.count))
+        var rng = SystemRandomNumberGenerator()
+        return killRandom(using: &rng)
+    }
+
+    /// kill -9 of one random running worker that is not paused, chosen with `rng`; returns its id.
+    func killRandom(using rng: inout some RandomNumberGenerator) -> String? {
+        guard let index = randomVictim(using: &rng) else { return nil }
+        let victim = children.remove(at: index)
         killedCPU += cpuSeconds(pid: victim.process.processIdentifier)
         kill(victim.process.processIdentifier, SIGKILL)
         killedAt[victim.id] = Int64(Date().timeIntervalSince1970 * 1000)
         return victim.id
+    }
+
+    /// SIGSTOP of one random running worker that is not paused yet; returns its id. It stays in
+    /// the pool: ``resume(_:)`` continues it.
+    func pauseRandom(using rng: inout some RandomNumberGenerator) -> String? {
+        guard let index = randomVictim(using: &rng) else { return nil }
+        let victim = children[index]
+        kill(victim.process.processIdentifier, SIGSTOP)
+        paused.insert(victim.id)
+        return victim.id
+    }
+
+    /// SIGCONT of a worker ``pauseRandom(using:)`` stopped; returns whether it still ran.
+    @discardableResult
+    func resume(_ id: String) -> Bool {
+        guard paused.remove(id) != nil, let c = children.first(where: { $0.id == id }) else { return false }
+        kill(c.process.processIdentifier, SIGCONT)
+        return c.process.isRunning
+    }
+
+    /// SIGCONT of every paused worker (the chaos driver's undo).
+    func resumeAll() {
+        for id in paused { resume(id) }
+    }
+
+    /// SIGTERM (graceful shutdown) of one random running worker that is not paused; returns its
+    /// id. It leaves the pool; ``collectTerminated()`` checks that it exits with status 0.
+    func terminateRandom(using rng: inout some RandomNumberGenerator) -> String? {
+        guard let index = randomVictim(using: &rng) else { return nil }
+        let victim = children.remove(at: index)
+        killedCPU += cpuSeconds(pid: victim.process.processIdentifier)
+        kill(victim.process.processIdentifier, SIGTERM)
+        stopping.append(victim)
+        return victim.id
+    }
+
+    /// Workers sent SIGTERM that have exited since the last call: a status other than 0 is an
+    /// error in ``unexpectedExits``. With `force`, SIGKILLs the ones still running (an error too).
+    func collectTerminated(force: Bool = false) {
+        for c in stopping where !c.process.isRunning {
+            if c.process.terminationReason == .exit && c.process.terminationStatus == 0 {
+                cleanTerminations += 1
+            } else {
+                let how = c.process.terminationReason == .uncaughtSignal ? "signal" : "status"
+                unexpectedExits.append("worker \(c.id) exited with \(how) \(c.process.terminationStatus) after SIGTERM (log: \(c.logPath))")
+            }
+        }
+        stopping.removeAll { !$0.process.isRunning }
+        if force {
+            for c in stopping {
+                kill(c.process.processIdentifier, SIGKILL)
+                unexpectedExits.append("worker \(c.id) did not exit after SIGTERM: killed (log: \(c.logPath))")
+            }
+        }
+    }
+
+    /// Ids of the running workers that are not paused (the chaos driver's candidates).
+    var activeIDs: [String] { children.map(\.id).filter { !paused.contains($0) } }
+
+    private func randomVictim(using rng: inout some RandomNumberGenerator) -> Int? {
+        let candidates = children.indices.filter { !paused.contains(children[$0].id) }
+        guard !candidates.isEmpty else { return nil }
+        return candidates[Int.random(in: 0..<candidates.count, using: &rng)]
     }
 
     /// CPU seconds (user + system) of every process this pool started, including killed ones.
@@ -104,8 +183,10 @@ final class LoadTestWorkerPool {
 
     /// SIGTERM to every worker, then waits (bounded) for them to exit; SIGKILL for any left.
     func stopAll(timeout: Duration = .seconds(30)) async {
+        resumeAll()
         for c in children where c.process.isRunning { kill(c.process.processIdentifier, SIGTERM) }
-        _ = await poll(timeout: timeout, interval: .milliseconds(20)) { children.allSatisfy { !$0.process.isRunning } }
+        _ = await poll(timeout: timeout, interval: .milliseconds(20)) { (children + stopping).allSatisfy { !$0.process.isRunning } }
+        collectTerminated(force: true)
         for c in children where c.process.isRunning { kill(c.process.processIdentifier, SIGKILL) }
         _ = await poll(timeout: .seconds(5), interval: .milliseconds(20)) { children.allSatisfy { !$0.process.isRunning } }
     }

@@ -71,6 +71,85 @@ struct LoadTestTests {
         #expect(try await keys(matching: ns + "-lt-*", conn: conn).isEmpty, "each round's namespace is deleted")
     }
 
+    /// The one JSON row a one-round `loadtest --json` prints.
+    private func onlyRow(_ stdout: String) throws -> JSONValue {
+        let lines = stdout.split(separator: "\n").filter { $0.hasPrefix("{") }
+        try #require(lines.count == 1, "one JSON row expected, got: \(stdout)")
+        return try JSONValue(parsing: String(lines[0]))
+    }
+
+    /// Every chaos check of a row is zero, and the settle time is within its bound.
+    private func expectChaosChecksHold(_ chaos: JSONValue?, _ context: String) {
+        for check in ["lost", "appliedTwice", "reordered", "stuck", "staleCommitsAccepted", "deadLetters"] {
+            #expect(chaos?["checks"]?[check]?.intValue == 0, "\(check): \(context)")
+        }
+        let settle = chaos?["settle"]?["settleSeconds"]?.doubleValue
+        let bound = chaos?["settle"]?["bound"]?["seconds"]?.doubleValue
+        #expect(
+            settle != nil && bound != nil && settle! <= bound!,
+            "settle \(String(describing: settle)) within \(String(describing: bound)): \(context)")
+    }
+
+    @Test func chaosInjectsEveryKindOfFaultAndTheLedgerHolds() async throws {
+        // Its own redis-server (--start-redis), so redis-restart and oom never touch the shared
+        // test server. 20 sessions x 20 steps submitted at 30 steps/s: faults for about 13 s,
+        // a gap of 0.75-2.25 s each (seed 7), so the first shuffled bag of all six kinds is used
+        // up well before the submits end.
+        let r = try await runBinary(
+            [
+                "loadtest", "--start-redis", "--workers", "3", "--sessions", "20", "--steps", "20", "--step-ms", "20", "--rate", "30",
+                "--chaos", "kill,pause,term,client-kill,oom,redis-restart", "--chaos-every", "1.5", "--seed", "7", "--time-limit", "60",
+                "--json",
+            ], timeout: .seconds(100))
+        let context = "exit \(r.status)\nstdout: \(r.stdout)\nstderr: \(r.stderr.suffix(3000))"
+        #expect(r.status == 0, "\(context)")
+        let row = try onlyRow(r.stdout)
+        #expect(row["steps"]?.intValue == 400, "\(context)")
+        #expect(row["errors"]?.arrayValue?.isEmpty == true, "\(context)")
+        for check in ["orderViolations", "duplicates", "missing", "incompleteStreams", "failedSteps"] {
+            #expect(row["checks"]?[check]?.intValue == 0, "\(check): \(context)")
+        }
+        let chaos = try #require(row["chaos"], "\(context)")
+        #expect(chaos["seed"]?.stringValue == "7")
+        for kind in ["kill", "pause", "term", "client-kill", "oom", "redis-restart"] {
+            #expect((chaos["injected"]?[kind]?.intValue ?? 0) > 0, "\(kind) injected: \(context)")
+        }
+        let recoveries = chaos["recoveries"]
+        #expect((recoveries?["workersRestarted"]?.intValue ?? 0) >= 2, "a kill and a term each start a worker: \(context)")
+        #expect((recoveries?["pausesResumed"]?.intValue ?? 0) >= 1, "\(context)")
+        #expect((recoveries?["cleanTerminations"]?.intValue ?? 0) >= 1, "\(context)")
+        #expect((recoveries?["connectionsKilled"]?.intValue ?? 0) >= 1, "\(context)")
+        #expect((recoveries?["redisRestarts"]?.intValue ?? 0) >= 1, "\(context)")
+        #expect((recoveries?["oomWindows"]?.intValue ?? 0) >= 1, "\(context)")
+        #expect(chaos["errors"]?.arrayValue?.isEmpty == true, "\(context)")
+        #expect((chaos["stats"]?["committed"]?.intValue ?? 0) >= 400, "\(context)")
+        expectChaosChecksHold(chaos, context)
+    }
+
+    @Test func underFrequentKillsNothingIsDeadLetteredAndEverySessionFinishes() async throws {
+        let url = try #require(TestRedis.url)
+        let ns = try TestRedis.uniqueKeys().namespace
+        // kill -9 every 0.1-0.3 s for about 20 s, far faster than the 2 s heartbeat TTL, while
+        // 100 ms steps run: a step is often in flight on several killed workers in a row. The
+        // counter agent never fails, so none may be dead-lettered as poison (a bystander of
+        // someone else's kill), and every session must finish once the kills stop.
+        let r = try await runBinary(
+            [
+                "loadtest", "--redis", url, "--namespace", ns, "--workers", "2", "--sessions", "10", "--steps", "20", "--step-ms", "100",
+                "--concurrency", "4", "--rate", "10", "--chaos", "kill", "--chaos-every", "0.2", "--seed", "1", "--time-limit", "60",
+                "--json",
+            ], timeout: .seconds(100))
+        let context = "exit \(r.status)\nstdout: \(r.stdout)\nstderr: \(r.stderr.suffix(3000))"
+        #expect(r.status == 0, "\(context)")
+        let row = try onlyRow(r.stdout)
+        #expect(row["errors"]?.arrayValue?.isEmpty == true, "\(context)")
+        let chaos = try #require(row["chaos"], "\(context)")
+        #expect((chaos["injected"]?["kill"]?.intValue ?? 0) >= 40, "\(context)")
+        expectChaosChecksHold(chaos, context)
+        let conn = try TestRedis.connection()
+        #expect(try await keys(matching: ns + "-lt-*", conn: conn).isEmpty, "the round's namespace is deleted")
+    }
+
     @Test func externalModeCountsOnlyItsOwnSessionsOnAUsedNamespace() async throws {
         let url = try #require(TestRedis.url)
         let binary = try #require(TestRedis.binary)
@@ -112,6 +191,15 @@ struct LoadTestTests {
         (["loadtest", "--out", "/proc/version"], "--out"),
         (["loadtest", "--memory", "0"], "--memory"),
         (["loadtest", "--kill-every", "0"], "--kill-every"),
+        (["loadtest", "--chaos", "kill,nope", "--rate", "5"], "unknown fault 'nope'"),
+        (["loadtest", "--chaos", " , ", "--rate", "5"], "--chaos needs at least one fault"),
+        (["loadtest", "--chaos", "kill"], "--chaos-until"),
+        (["loadtest", "--chaos", "redis-restart", "--rate", "5"], "--start-redis"),
+        (["loadtest", "--chaos", "kill", "--rate", "5", "--external", "--workers", "1"], "--external"),
+        (["loadtest", "--chaos", "kill", "--rate", "5", "--kill-every", "3"], "--kill-every"),
+        (["loadtest", "--chaos", "kill", "--rate", "5", "--chaos-every", "0"], "--chaos-every"),
+        (["loadtest", "--seed", "3"], "--chaos"),
+        (["loadtest", "--start-redis", "--redis", "redis://127.0.0.1:1"], "--start-redis"),
     ])
     func badLoadTestFlagsGetOneClearLine(_ args: [String], _ expected: String) async throws {
         let r = try await runBinary(args)
