@@ -85,6 +85,11 @@ public final class Worker: Service, Sendable {
                 throw bad("block timeout must be 10 ms to 30 s")
             }
             guard heartbeatTTL >= .seconds(1) else { throw bad("heartbeat TTL must be at least 1 s") }
+            // A BLMOVE sent just before the worker stalls is served within the block timeout; the
+            // reaper comes at least 2/3 of the TTL later, so a job it moves is never left unwatched.
+            guard blockTimeout * 2 <= heartbeatTTL else {
+                throw bad("block timeout must be at most half the heartbeat TTL")
+            }
             guard reaperInterval >= .milliseconds(100) else { throw bad("reaper interval must be at least 100 ms") }
             guard grace >= .zero else { throw bad("grace must not be negative") }
             guard eventsMaxLength >= 10 else { throw bad("events max length must be at least 10") }
@@ -192,7 +197,7 @@ public final class Worker: Service, Sendable {
         try await checkRedisConfiguration(control)
         // A previous process under this id that died without deregistering: recover what it held
         // (blaming a step only if it crashed the process) before this one registers.
-        try await recoverPreviousProcess(control)
+        try await whileRedisIsFull { try await self.recoverPreviousProcess(control) }
         try await armCrashMarker()
         _ = try await beat(control)
         // Learn where the cancel sequence is before any slot runs, so no cancel is missed.

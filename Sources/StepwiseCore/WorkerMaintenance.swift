@@ -219,6 +219,21 @@ extension Worker {
         }
     }
 
+    /// Runs `body`, again and again while Redis refuses it for lack of memory (a worker started
+    /// during an out-of-memory window waits for room instead of exiting).
+    func whileRedisIsFull(_ body: () async throws -> Void) async throws {
+        var waits = 0
+        while true {
+            do {
+                return try await body()
+            } catch where error.isRedisOutOfMemory {
+                if waits == 0 { logger.error("redis is out of memory (maxmemory reached, noeviction): waiting for room to start") }
+                waits += 1
+                try await Task.sleep(for: .milliseconds(min(2000, 50 << min(waits, 6))))
+            }
+        }
+    }
+
     /// Before registering: a previous process under this worker id that died without
     /// deregistering left its in-flight list (and maybe a crash marker). Recover it now, as any
     /// reaper would, instead of waiting for its heartbeat to expire.

@@ -76,9 +76,12 @@ struct WorkerCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = connection.makeLogger(label: "stepwise.worker", defaultLevel: .info)
+        let ttl = try seconds(heartbeatTTL, flag: "--heartbeat-ttl", min: 1)
         let config = Worker.Configuration(
             workerID: workerID ?? Worker.defaultID(), concurrency: concurrency,
-            heartbeatTTL: try seconds(heartbeatTTL, flag: "--heartbeat-ttl", min: 1),
+            // At most half the heartbeat TTL (see Worker.Configuration.validate()).
+            blockTimeout: min(.seconds(1), ttl / 2),
+            heartbeatTTL: ttl,
             reaperInterval: try seconds(reaperInterval, flag: "--reaper-interval", min: 0.1),
             grace: try seconds(grace, flag: "--grace"), eventsMaxLength: eventsMaxLength, maxAttempts: maxAttempts,
             retryDelay: try seconds(retryDelay, flag: "--retry-delay", min: 0.01),
