@@ -226,7 +226,7 @@ extension Worker {
         while true {
             do {
                 return try await body()
-            } catch where error.isRedisOutOfMemory {
+            } catch  where error.isRedisOutOfMemory {
                 if waits == 0 { logger.error("redis is out of memory (maxmemory reached, noeviction): waiting for room to start") }
                 waits += 1
                 try await Task.sleep(for: .milliseconds(min(2000, 50 << min(waits, 6))))
@@ -243,7 +243,8 @@ extension Worker {
         guard (listed.int ?? 0) > 0 || (marker.int ?? 0) > 0 else { return }
         _ = try await conn.send(["DEL", RedisArgument(keys.heartbeat(worker: workerID))]).throwingServerError()
         let n = try await reap(workerID, on: conn, pruneAfter: pruneAfter)
-        logger.info("recovered the in-flight jobs of a previous process with this worker id", metadata: [LogKeys.count: .stringConvertible(n)])
+        logger.info(
+            "recovered the in-flight jobs of a previous process with this worker id", metadata: [LogKeys.count: .stringConvertible(n)])
     }
 
     /// Arms the crash marker: a crash signal (a trap, abort, segfault) makes this process write

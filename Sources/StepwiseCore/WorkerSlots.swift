@@ -321,7 +321,7 @@ extension Worker {
                 let reply: RESPValue
                 do {
                     reply = try await conn.run(call)
-                } catch where error.isRedisOutOfMemory {
+                } catch  where error.isRedisOutOfMemory {
                     // Progress is best effort: a full Redis drops it rather than failing the step.
                     logger.debug("progress event dropped: redis is out of memory")
                     return

@@ -12,14 +12,3 @@ func stepwiseErrorCode(_ body: () async throws -> Void) async -> StepwiseError.C
         return nil
     }
 }
-
-func stepwiseErrorCode(_ body: () throws -> Void) -> StepwiseError.Code? {
-    do {
-        try body()
-        return nil
-    } catch let e as StepwiseError {
-        return e.code
-    } catch {
-        return nil
-    }
-}
