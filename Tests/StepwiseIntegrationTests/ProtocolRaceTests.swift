@@ -284,4 +284,26 @@ struct ProtocolRaceTests {
         #expect(try await p.reap("A", prune: .zero) == 0)
         #expect(try await conn.send(["ZSCORE", RedisArgument(keys.workers), "A"]).isNull)
     }
+
+    /// A retry whose session moved on (expired and created again) is never promoted into the new
+    /// incarnation; a due retry of a live session is.
+    @Test func promoteMovesOnlyTheUnheldHeadOfALiveSession() async throws {
+        let live = try SessionID("promote-live")
+        let gone = try SessionID("promote-gone")
+        try await p.register("W")
+        let liveJob = try await dispatcher.submit(Submission(session: live, agent: "counter", input: 1)).jobID
+        let goneJob = try await dispatcher.submit(Submission(session: gone, agent: "counter", input: 1)).jobID
+        for _ in 0..<2 {
+            let job = try await p.claimRun("W")
+            #expect(try await p.commit("W", job, outcome: .retry, delay: .zero) == "retry")
+        }
+        try await p.expireSession(gone)
+        let fresh = try await dispatcher.submit(Submission(session: gone, agent: "counter", input: 2)).jobID
+        #expect(try await p.ready == [fresh])
+        let reply = try await conn.run(p.scripts.promote())
+        #expect(reply.array?.first?.int == 1, "only the live session's retry moves")
+        #expect(try await p.ready == [liveJob, fresh])
+        #expect(try await conn.send(["ZCARD", RedisArgument(keys.delayed)]).int == 0, "the stale retry is dropped")
+        #expect(goneJob != fresh)
+    }
 }
