@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /* Written before the handlers are installed and only read by them afterwards; the handler uses
@@ -70,6 +71,16 @@ int stepwise_crash_marker_arm(int fd, const char *command, size_t len) {
             sigaction(crash_signals[i], &sa, &previous[i]);
         }
     }
+    return 0;
+}
+
+int stepwise_crash_marker_healthy(void) {
+    int fd = marker_fd;
+    if (fd < 0) return 0;
+    char byte;
+    ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) return 1;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 1;
     return 0;
 }
 

@@ -13,7 +13,8 @@ public protocol Agent: Sendable {
     /// The state document of a new session. The default is an empty object.
     func initialState(options: JSONValue) -> JSONValue
 
-    /// How many times a step of this agent may be delivered before it is dead-lettered;
+    /// How many failed attempts (thrown errors, and crashes of its worker blamed on it) a step of
+    /// this agent may have before it is dead-lettered;
     /// `nil` (the default) uses the worker's `--max-attempts`. A submit can override both.
     var maxAttempts: Int? { get }
 

@@ -17,7 +17,7 @@ public struct Submission: Sendable, Hashable {
     /// The session's idle TTL, replacing the stored one (or the dispatcher's default for a new
     /// session); `.zero` keeps the session until it is deleted.
     public var ttl: Duration?
-    /// How many times this step may be delivered before it is dead-lettered, overriding the
+    /// How many failed attempts this step may have before it is dead-lettered, overriding the
     /// agent's and the worker's setting.
     public var maxAttempts: Int?
 

@@ -34,7 +34,7 @@ public struct KeySpace: Sendable, Hashable {
     public var ready: String { prefix + "ready" }
     /// ZSET of worker ids, scored by their last heartbeat (ms).
     public var workers: String { prefix + "workers" }
-    /// ZSET of session ids, scored by last activity (ms).
+    /// ZSET of session ids, scored by their last expiry refresh (ms).
     public var sessions: String { prefix + "sessions" }
     /// HASH of pool-wide counters (`committed`, `stale_commits`, `reaped`, `dead`, ...).
     public var stats: String { prefix + "stats" }
@@ -48,13 +48,14 @@ public struct KeySpace: Sendable, Hashable {
     public var parked: String { prefix + "parked" }
     /// ZSET of session ids with an idle TTL, scored by when their keys expire (ms): the sweep's index.
     public var expiry: String { prefix + "expiry" }
-    /// ZSET of cancelled session ids, scored by a cancel sequence number that workers follow.
+    /// ZSET of the job ids that were running when their session was cancelled, scored by a cancel
+    /// sequence number that workers follow (the newest 1000 are kept).
     public var cancels: String { prefix + "cancels" }
     /// STRING counter that never goes back: job numbers, fencing tokens and incarnations come
     /// from it, so none of them repeats for a session id, ever.
     public var sequence: String { prefix + "seq" }
-    /// STRING written by a worker's crash signal handler: the reaper blames the step that worker
-    /// ran alone (and only then) for the crash.
+    /// STRING written by a worker's crash signal handler: the reaper then blames the crash on the
+    /// step that worker ran alone, or held alone, and on no other.
     public func crashMarker(worker: String) -> String { prefix + "crash:" + worker }
     /// LIST of the job ids a worker process holds (the reliable-queue in-flight list).
     public func inflight(worker: String) -> String { prefix + "inflight:" + worker }
@@ -64,8 +65,9 @@ public struct KeySpace: Sendable, Hashable {
     public func session(_ id: SessionID) -> String { prefix + "s:{" + id.rawValue + "}" }
     /// LIST of the session's pending job ids, in the order they will apply.
     public func inbox(_ id: SessionID) -> String { session(id) + ":inbox" }
-    /// HASH of the session's pending jobs: `seq` → input JSON, `seq:a` → deliveries, `seq:t` → submit time,
-    /// `seq:m` → the submit's attempt limit (only when given).
+    /// HASH of the session's pending jobs, by job number N: `N` → input JSON, `N:a` → deliveries,
+    /// `N:f` → failed attempts (errors and blamed crashes), `N:t` → submit time, `N:m` → the
+    /// submit's attempt limit (only when given), `N:q` → quarantined (`1`, `solo` while it runs alone).
     public func jobs(_ id: SessionID) -> String { session(id) + ":jobs" }
     /// HASH of idempotency key → job id.
     public func idempotency(_ id: SessionID) -> String { session(id) + ":idem" }

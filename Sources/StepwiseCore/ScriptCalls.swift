@@ -77,7 +77,7 @@ struct ScriptCalls: Sendable {
             ])
     }
 
-    enum ReleaseReason: String, Sendable { case shutdown, orphan, cancelled }
+    enum ReleaseReason: String, Sendable { case shutdown, orphan }
 
     /// Releases one of `worker`'s in-flight jobs: held with `holder`, or (holder nil) an orphan.
     func release(

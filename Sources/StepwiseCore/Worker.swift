@@ -31,7 +31,8 @@ public final class Worker: Service, Sendable {
         public var grace: Duration
         /// Approximate cap (`MAXLEN ~`) of each session's event stream.
         public var eventsMaxLength: Int
-        /// Deliveries of a step before it is dead-lettered, unless its agent or its submit says otherwise.
+        /// Failed attempts of a step (thrown errors, crashes blamed on it) before it is dead-lettered,
+        /// unless its agent or its submit says otherwise.
         public var maxAttempts: Int
         /// Delay before the first retry; each further retry doubles it (with jitter).
         public var retryDelay: Duration

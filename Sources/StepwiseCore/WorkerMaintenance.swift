@@ -52,6 +52,12 @@ extension Worker {
             } catch {
                 logger.warning("heartbeat failed, retrying", metadata: [LogKeys.error: "\(error)"])
             }
+            if stepwise_crash_marker_healthy() == 0 {
+                // CLIENT KILL or a Redis restart closed it: a crash now would leave no marker.
+                do { try await armCrashMarker() } catch {
+                    logger.warning("crash marker connection lost, reconnecting", metadata: [LogKeys.error: "\(error)"])
+                }
+            }
             do {
                 cancelSeq = try await watchCancels(conn, after: cancelSeq)
             } catch {
@@ -251,6 +257,10 @@ extension Worker {
     /// `SET <ns>:crash:<worker> <pid>` on a connection kept for that alone, so the reaper can tell
     /// a step that crashes its worker from a worker killed from outside.
     func armCrashMarker() async throws {
+        if let old = state.withLock({ $0.crashConnection }) {
+            stepwise_crash_marker_disarm()
+            await old.close()
+        }
         let conn = connection("crash")
         let fd = try await conn.rawDescriptor()
         var command = Data()

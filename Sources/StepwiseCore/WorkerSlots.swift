@@ -154,6 +154,7 @@ extension Worker {
         let maxAttempts = job.maxAttempts ?? agent?.maxAttempts ?? configuration.maxAttempts
         let outcome: Outcome
         var solo = false
+        defer { if solo { state.withLock { $0.soloRunning = false } } }
         if job.failures >= maxAttempts {
             // Its worker crashed while running it alone, as often as attempts allow: never run it again.
             outcome = Outcome(
@@ -167,7 +168,6 @@ extension Worker {
             }
             outcome = try await run(job, agent: agent, maxAttempts: maxAttempts, claim: claim, conn: conn, logger: log)
         }
-        defer { if solo { state.withLock { $0.soloRunning = false } } }
         let result = try await commit(job, outcome: outcome, fetchNext: !solo, logger: log)
         keepBusy = result.next != nil
         return result

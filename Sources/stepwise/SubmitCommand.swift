@@ -38,7 +38,10 @@ struct SubmitCommand: AsyncParsableCommand {
     )
     var ttl: Double?
 
-    @Option(help: "Deliveries of this step before it is dead-lettered (1-1000; default: the agent's or the worker's --max-attempts).")
+    @Option(
+        help:
+            "Failed attempts of this step (errors, blamed crashes) before it is dead-lettered (1-1000; default: the agent's or the worker's --max-attempts)."
+    )
     var maxAttempts: Int?
 
     @Flag(help: "Follow the session's events until this step finishes.")

@@ -37,7 +37,10 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Approximate maximum number of events kept per session stream.")
     var eventsMaxLength: Int = 1000
 
-    @Option(help: "Deliveries of a step before it is dead-lettered (1-1000), unless its agent or submit says otherwise.")
+    @Option(
+        help:
+            "Failed attempts of a step (errors, crashes blamed on it) before it is dead-lettered (1-1000), unless its agent or submit says otherwise."
+    )
     var maxAttempts: Int = 3
 
     @Option(help: "Seconds before the first retry of a failed step; doubles each attempt, with jitter.")

@@ -10,6 +10,11 @@
  * Calling it again replaces the command and descriptor. */
 int stepwise_crash_marker_arm(int fd, const char *command, size_t len);
 
+/* Whether the armed connection is still open (a non-blocking peek: the server never sends on it,
+ * so end-of-file or an error means it was closed, e.g. by CLIENT KILL or a Redis restart).
+ * Returns 1 when open, 0 when closed or not armed. */
+int stepwise_crash_marker_healthy(void);
+
 /* Disarms the marker (before its descriptor is closed). */
 void stepwise_crash_marker_disarm(void);
 

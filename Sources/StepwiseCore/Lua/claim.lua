@@ -14,7 +14,8 @@ local now = int_arg(ARGV[3], 'now', 0)
 local jid = ARGV[4]
 local maxlen = int_arg(ARGV[5], 'maxlen', 1)
 local limit = int_arg(ARGV[6], 'active limit', 0)
-need(KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'in-flight key does not belong to worker ' .. worker)
+need(KEYS[1] == P .. 'ready' and KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'keys do not belong to worker ' .. worker)
+need(jid == '' or split_job(jid) ~= nil, 'invalid_argument', 'bad job id ' .. jid .. ' (session:number)')
 if jid == '' then
   if redis.call('EXISTS', P .. 'worker:' .. worker) == 0 then return {'unregistered', ''} end
   jid = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')

@@ -28,7 +28,7 @@ local limit = int_arg(ARGV[11], 'active limit', 0)
 local delay = int_arg(ARGV[12], 'retry delay', 0)
 int_arg(ARGV[14], 'dead attempts', 0, nil, true)
 need(string.sub(holder, 1, #worker + 1) == worker .. '/', 'invalid_argument', 'holder token does not belong to worker ' .. worker)
-need(KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'in-flight key does not belong to worker ' .. worker)
+need(KEYS[1] == P .. 'ready' and KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'keys do not belong to worker ' .. worker)
 local k = session_keys(P, sid)
 local result
 local cur = redis.call('HMGET', k.session, 'holder', 'version', 'steps', 'ttl', 'refreshed', 'cancelled', 'exp', 'committed')

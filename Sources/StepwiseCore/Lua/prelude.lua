@@ -136,8 +136,13 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid)
   local s = redis.call('HMGET', k.session, 'agent', 'options', 'state', 'version', 'steps', 'cancelled', 'blocked', 'exp', 'holder')
   local head = redis.call('LINDEX', k.inbox, 0)
   if redis.call('EXISTS', P .. 'worker:' .. worker) == 0 then
-    if j[1] and s[1] and head == jid and s[9] == '' and not s[6] and not s[7] then
-      redis.call('LPUSH', P .. 'ready', jid)
+    if j[1] and s[1] and head == jid and s[9] == '' and not s[7] then
+      if s[6] then
+        drop_cancelled(k, jid, seq, now, maxlen, j[2], s[5])
+        seal(k, s[8])
+      else
+        redis.call('LPUSH', P .. 'ready', jid)
+      end
     end
     redis.call('HINCRBY', P .. 'stats', 'unregistered_claims', 1)
     return {'unregistered', jid}

@@ -6,7 +6,7 @@
 -- or one of this worker's tokens). Never revives a dead-lettered (blocked) job.
 -- KEYS[1] ready   KEYS[2] this worker's in-flight list
 -- ARGV[1] prefix  ARGV[2] worker id  ARGV[3] job id  ARGV[4] holder token ('' = orphan)
--- ARGV[5] now ms  ARGV[6] events maxlen  ARGV[7] reason  ARGV[8] active-session limit
+-- ARGV[5] now ms  ARGV[6] events maxlen  ARGV[7] reason ('shutdown' | 'orphan')  ARGV[8] active-session limit
 -- ARGV[9] uncount ('1': this delivery does not count as an attempt)
 -- Returns 1 when released, 0 when there was nothing of ours to release.
 local P = prefix_arg(ARGV[1])
@@ -15,11 +15,11 @@ local jid, token = ARGV[3], ARGV[4]
 local sid, seq = job_arg(jid)
 local now = int_arg(ARGV[5], 'now', 0)
 local maxlen = int_arg(ARGV[6], 'maxlen', 1)
-local reason = oneof_arg(ARGV[7], 'reason', {'shutdown', 'orphan', 'cancelled'})
+local reason = oneof_arg(ARGV[7], 'reason', {'shutdown', 'orphan'})
 local limit = int_arg(ARGV[8], 'active limit', 0)
 oneof_arg(ARGV[9], 'uncount', {'0', '1'})
 need(token == '' or string.sub(token, 1, #worker + 1) == worker .. '/', 'invalid_argument', 'holder token does not belong to worker ' .. worker)
-need(KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'in-flight key does not belong to worker ' .. worker)
+need(KEYS[1] == P .. 'ready' and KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'keys do not belong to worker ' .. worker)
 if redis.call('LREM', KEYS[2], 0, jid) == 0 then
   redis.call('HINCRBY', P .. 'stats', 'stale_releases', 1)
   return 0
