@@ -175,8 +175,8 @@ struct LoadTestCommand: AsyncParsableCommand {
         }
         let params = LoadTestParameters(command: self)
         if !json {
-            output(LoadTestReport.header(params, endpoint: connection.endpoint.description, machine: machine))
-            output(LoadTestReport.tableHeader(kills: killEvery != nil))
+            try output(LoadTestReport.header(params, endpoint: connection.endpoint.description, machine: machine))
+            try output(LoadTestReport.tableHeader(kills: killEvery != nil))
         }
         var rows: [RoundResult] = []
         var baseline: Double?
@@ -187,7 +187,7 @@ struct LoadTestCommand: AsyncParsableCommand {
             if baseline == nil { baseline = result.stepsPerSecond / Double(count) }
             result.scalingEfficiency = result.stepsPerSecond / ((baseline ?? 1) * Double(count))
             rows.append(result)
-            output(json ? JSONValue.object(result.json).jsonString : LoadTestReport.tableRow(result, kills: killEvery != nil))
+            try output(json ? JSONValue.object(result.json).jsonString : LoadTestReport.tableRow(result, kills: killEvery != nil))
         }
         if !json, rows.contains(where: { !$0.errors.isEmpty }) {
             for r in rows where !r.errors.isEmpty { printError("\(r.workers) workers: \(r.errors.joined(separator: "; "))") }
@@ -211,7 +211,7 @@ struct LoadTestCommand: AsyncParsableCommand {
             printError("cannot write results to '\(dir)': \(error.localizedDescription)")
             throw ExitCode.failure
         }
-        if !json { output("# wrote \(dir)/results.json\(chart == nil ? "" : " and \(dir)/chart.svg")") }
+        if !json { try output("# wrote \(dir)/results.json\(chart == nil ? "" : " and \(dir)/chart.svg")") }
     }
 }
 

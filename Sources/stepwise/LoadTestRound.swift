@@ -104,12 +104,12 @@ struct LoadTestRound {
                 let eta = rate > 0 ? Double(total - done) / rate : 0
                 let killText = params.killEvery == nil ? "" : ", \(kills) kills"
                 let line = String(format: "\r  %d workers: %d/%d steps, %.0f steps/s, ETA %.0f s", count, done, total, rate, eta)
-                FileHandle.standardError.write(Data((line + killText + "   ").utf8))
+                progress(line + killText + "   ")
             }
             return params.external ? pending.isEmpty : done >= total
         }
         let elapsed = (ContinuousClock.now - start).inSeconds
-        if !json { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        if !json { progress("\r\u{1B}[K") }
         let after = try await redisCounters()
         let cpuAfter = pool?.cpuSeconds ?? 0
         pool?.collectUnexpectedExits()
