@@ -85,6 +85,20 @@ enum Console {
         return true
     }
 
+    /// Finds a broken stdout without writing to it: a pipe or socket whose reader is gone, or a
+    /// descriptor that is not open. A command that may print nothing for a long time (`watch` of
+    /// an idle session) calls it between reads, so `stepwise watch s | head -1` ends soon after
+    /// `head` does, not at the next event.
+    ///
+    /// - Throws: ``OutputFailed``, and records the failure, when stdout is broken.
+    static func checkStdout() throws(OutputFailed) {
+        if failed(.stdout) { throw OutputFailed() }
+        var p = pollfd(fd: STDOUT_FILENO, events: Int16(POLLOUT), revents: 0)
+        guard poll(&p, 1, 0) == 1, p.revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 else { return }
+        markFailed(.stdout)
+        throw OutputFailed()
+    }
+
     /// The process's exit status for a command that ended with `status`: a failed write turns
     /// success into ``outputFailedStatus``; a command's own failure status is kept.
     static func exitStatus(_ status: Int32) -> Int32 {

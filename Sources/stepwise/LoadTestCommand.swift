@@ -181,6 +181,8 @@ struct LoadTestCommand: AsyncParsableCommand {
         var rows: [RoundResult] = []
         var baseline: Double?
         for count in workerCounts {
+            // Stdout gone (a reader that quit): stop before starting more workers.
+            try Console.checkStdout()
             var result = try await reportingFailures {
                 try await LoadTestRound(params: params, connection: connection, conn: conn, json: json).run(workers: count)
             }

@@ -56,6 +56,7 @@ extension LoadTestCommand {
         }
         var rows: [MemoryResult] = []
         for count in memoryCounts {
+            try Console.checkStdout()
             let r = try await memoryRound(sessions: count, conn: conn)
             rows.append(r)
             if json {

@@ -176,6 +176,7 @@ func follow(
 ) async throws {
     var last = from
     while true {
+        try Console.checkStdout()
         let events = try await store.events(of: session, after: last, count: 200, block: .seconds(1))
         for event in events {
             last = event.id

@@ -39,7 +39,18 @@ func spawnBinary(
     _ arguments: [String], stdin: [UInt8]? = nil, stdout: Sink = .capture, stderr: Sink = .capture,
     timeout: Duration = .seconds(30)
 ) async throws -> Spawned {
-    let binary = try #require(TestRedis.binary)
+    try await spawn(try #require(TestRedis.binary), arguments, stdin: stdin, stdout: stdout, stderr: stderr, timeout: timeout)
+}
+
+/// Runs `binary` like ``spawnBinary(_:stdin:stdout:stderr:timeout:)``, with `environment` added.
+///
+/// Started with `posix_spawn`, an empty signal mask and default actions: Foundation's `Process`
+/// would pass on the test runner's mask, in which SIGCHLD and SIGTERM are blocked (a shell's
+/// `wait` then never returns).
+func spawn(
+    _ binary: String, _ arguments: [String], environment: [String: String] = [:], stdin: [UInt8]? = nil,
+    stdout: Sink = .capture, stderr: Sink = .capture, timeout: Duration = .seconds(30)
+) async throws -> Spawned {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stepwise-cli-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: dir) }
@@ -82,7 +93,7 @@ func spawnBinary(
             posix_spawn_file_actions_adddup2(&actions, ends[1], fd)
         }
     }
-    let env = ProcessInfo.processInfo.environment
+    let env = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
     let argv: [UnsafeMutablePointer<CChar>?] = ([binary] + arguments).map { strdup($0) } + [nil]
     let envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
     defer { for p in argv + envp { free(p) } }
@@ -210,6 +221,32 @@ struct CLIOutputTests {
         #expect(r.signal == nil && r.exitStatus == 74, "\(r)")
         #expect(ContinuousClock.now - start < .seconds(10), "stopped at the first failed write")
         #expect(r.stderr.isEmpty, "quiet: \(r.stderr)")
+
+        // `watch --from <last but one> | head -n 1` on the idle session: the watch prints the last
+        // event, head quits after it, and no new event ever comes. The watch still ends, within
+        // about a second (its read timeout), without a write to fail on.
+        let events = try await SessionStore(connection: conn, keys: keys).events(of: id, after: "0", count: 1000)
+        try #require(events.count >= 2)
+        let from = events[events.count - 2].id
+        let binary = try #require(TestRedis.binary)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stepwise-head-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let pidFile = dir.appendingPathComponent("pid").path
+        let statusFile = dir.appendingPathComponent("status").path
+        let script = #"{ "$0" watch watched "$@" & echo $! > "$PID_FILE"; wait $!; echo $? > "$STATUS_FILE"; } | head -n 1"#
+        let shell = try await spawn(
+            "/bin/sh", ["-c", script, binary, "--from", from] + common, environment: ["PID_FILE": pidFile, "STATUS_FILE": statusFile],
+            timeout: .seconds(10))
+        if shell.exitStatus == nil, let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+            let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+        {
+            kill(pid, SIGKILL)  // the shell timed out (and was killed): do not leave the watch behind
+        }
+        #expect(shell.exitStatus == 0, "the pipeline ended after its reader quit: \(shell)")
+        let status = (try? String(contentsOfFile: statusFile, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(status == "74", "watch exit status \(status ?? "nil") (128+n is a signal)")
+        #expect(shell.stdout.contains("step.") && shell.stdout.split(separator: "\n").count == 1, "head printed one event: \(shell.stdout)")
     }
 
     @Test func inputFromAFileAndFromStandardInput() async throws {
