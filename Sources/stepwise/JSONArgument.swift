@@ -7,8 +7,8 @@ import Synchronization
 /// (read from standard input). Neither `@` nor a lone `-` starts valid JSON, so the forms never
 /// clash with inline text.
 ///
-/// A file or stdin is read at most once per process (``validate()`` and ``run()`` both resolve
-/// the argument), and at most `rawLimit` bytes of it: reading stops there, so a huge file or an
+/// A file or stdin is read at most once per process (a command's `validate()` and `run()` both
+/// resolve the argument), and at most `rawLimit` bytes of it: reading stops there, so a huge file or an
 /// endless pipe cannot exhaust memory.
 enum JSONArgument {
     /// An `errno` from opening or reading a source.
@@ -30,7 +30,8 @@ enum JSONArgument {
     ///   - hint: appended to a JSON syntax error of inline text.
     ///   - limitHint: says how to raise `rawLimit`, for the message when a file or stdin is larger.
     /// - Throws: ``ValidationError`` with one clear line.
-    static func parse(_ text: String, flag: String, rawLimit: Int, hint: String = "", limitHint: String) throws -> JSONValue {
+    static func parse(_ text: String, flag: String, rawLimit requested: Int, hint: String = "", limitHint: String) throws -> JSONValue {
+        let rawLimit = min(max(requested, 0), Int.max / 2)  // readAll reads up to rawLimit + 1
         let what: String
         let bytes: [UInt8]
         if text == "-" {

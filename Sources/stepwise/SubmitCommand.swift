@@ -96,7 +96,7 @@ struct SubmitCommand: AsyncParsableCommand {
     /// --max-input-bytes, room for formatting; the compact JSON must fit --max-input-bytes).
     func parsedInput() throws -> JSONValue {
         try JSONArgument.parse(
-            input, flag: "--input", rawLimit: maxInputBytes.multipliedReportingOverflow(by: 4).partialValue,
+            input, flag: "--input", rawLimit: maxInputBytes > Int.max / 4 ? Int.max : maxInputBytes * 4,
             hint: " (quote strings: --input '\"text\"')",
             limitHint: "send less, or raise --max-input-bytes (a file or stdin may have up to 4 times --max-input-bytes for formatting)")
     }
