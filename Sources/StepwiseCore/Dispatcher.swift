@@ -47,11 +47,17 @@ public struct Dispatcher: Sendable {
         /// Approximate cap (`MAXLEN ~`) of each session's event stream, for the events the
         /// dispatcher writes (`session.cancelled`).
         public var eventsMaxLength: Int
+        /// Largest accepted session options, in bytes of their JSON text.
+        public var maxOptionsBytes: Int
 
-        public init(maxInputBytes: Int = 256 * 1024, sessionTTL: Duration? = .seconds(30 * 60), eventsMaxLength: Int = 1000) {
+        public init(
+            maxInputBytes: Int = 256 * 1024, sessionTTL: Duration? = .seconds(30 * 60), eventsMaxLength: Int = 1000,
+            maxOptionsBytes: Int = Submission.defaultMaxOptionsBytes
+        ) {
             self.maxInputBytes = maxInputBytes
             self.sessionTTL = sessionTTL
             self.eventsMaxLength = eventsMaxLength
+            self.maxOptionsBytes = maxOptionsBytes
         }
     }
 
@@ -75,8 +81,9 @@ public struct Dispatcher: Sendable {
 
     /// Submits one step and returns as soon as Redis accepted it (one round trip).
     ///
-    /// - Throws: ``StepwiseError`` for an unknown agent, an oversized input, an agent or owner
-    ///   mismatch, or a missing session without an agent; ``RedisError`` when Redis is unreachable;
+    /// - Throws: ``StepwiseError`` for an unknown agent, an oversized input, an invalid owner or
+    ///   options (``Submission/validateOwner(_:)``, ``Submission/validateOptions(_:maxBytes:)``), an agent or
+    ///   owner mismatch, or a missing session without an agent; ``RedisError`` when Redis is unreachable;
     ///   ``RedisServerError`` with the `OOM` reply when Redis is out of memory.
     public func submit(_ submission: Submission) async throws -> SubmitReceipt {
         try await submit([submission])[0].get()
@@ -129,6 +136,7 @@ public struct Dispatcher: Sendable {
     private var scripts: ScriptCalls { ScriptCalls(keys: keys, eventsMaxLength: configuration.eventsMaxLength) }
 
     private func arguments(for s: Submission) throws -> ScriptCalls.SubmitArguments {
+        try s.validateOwnerAndOptions(maxOptionsBytes: configuration.maxOptionsBytes)
         var initialState = JSONValue.object([:])
         if let name = s.agent {
             guard let agent = agents[name] else {

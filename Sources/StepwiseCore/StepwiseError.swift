@@ -7,6 +7,7 @@ public struct StepwiseError: Error, Sendable, CustomStringConvertible {
             case sessionNotFound, jobDecodeFailed, sessionVersionConflict, stepTimedOut, shutdownInProgress
             case invalidConfiguration, unexpectedReply, sessionCancelled, notDeadLetter, unsafeRedisConfiguration
             case invalidArgument, holdLost
+            case invalidOwner, invalidOptions
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -17,6 +18,10 @@ public struct StepwiseError: Error, Sendable, CustomStringConvertible {
         public static let invalidJSON = Code(.invalidJSON)
         /// A step input over the configured size limit.
         public static let inputTooLarge = Code(.inputTooLarge)
+        /// An owner that is empty, longer than 128 bytes, or has a character outside `A-Z a-z 0-9 _ . @ : -`.
+        public static let invalidOwner = Code(.invalidOwner)
+        /// Session options that are not a JSON object, have an empty key, or are over the size limit.
+        public static let invalidOptions = Code(.invalidOptions)
         /// An agent name no worker knows.
         public static let unknownAgent = Code(.unknownAgent)
         /// A submit names another agent than the session was created with.

@@ -279,16 +279,18 @@ struct LoadTestCommand: AsyncParsableCommand {
         }
         let params = LoadTestParameters(command: self)
         if !json {
-            output(LoadTestReport.header(params, endpoint: connection.endpoint.description, machine: machine))
+            try output(LoadTestReport.header(params, endpoint: connection.endpoint.description, machine: machine))
             if let server {
-                output("# --start-redis: redis-server pid \(server.process?.pid ?? 0) on \(server.url), dir \(server.directory)")
+                try output("# --start-redis: redis-server pid \(server.process?.pid ?? 0) on \(server.url), dir \(server.directory)")
             }
-            if let c = params.chaos { output(LoadTestReport.chaosHeader(c, params: params)) }
-            output(LoadTestReport.tableHeader(kills: killEvery != nil))
+            if let c = params.chaos { try output(LoadTestReport.chaosHeader(c, params: params)) }
+            try output(LoadTestReport.tableHeader(kills: killEvery != nil))
         }
         var rows: [RoundResult] = []
         var baseline: Double?
         for count in workerCounts {
+            // Stdout gone (a reader that quit): stop before starting more workers.
+            try Console.checkStdout()
             var result = try await reportingFailures {
                 try await LoadTestRound(
                     params: params, connection: connection, conn: conn, json: json, redisServer: server, interrupt: interrupt
@@ -296,15 +298,15 @@ struct LoadTestCommand: AsyncParsableCommand {
                     workers: count)
             }
             if interrupt?.isSet == true {
-                output(json ? JSONValue.object(result.json).jsonString : LoadTestReport.tableRow(result, kills: killEvery != nil))
+                try output(json ? JSONValue.object(result.json).jsonString : LoadTestReport.tableRow(result, kills: killEvery != nil))
                 printError(result.errors.joined(separator: "; "))
                 throw ExitCode.failure
             }
             if baseline == nil { baseline = result.stepsPerSecond / Double(count) }
             result.scalingEfficiency = result.stepsPerSecond / ((baseline ?? 1) * Double(count))
             rows.append(result)
-            output(json ? JSONValue.object(result.json).jsonString : LoadTestReport.tableRow(result, kills: killEvery != nil))
-            if !json, let c = result.chaos { output(LoadTestReport.chaosBlock(c)) }
+            try output(json ? JSONValue.object(result.json).jsonString : LoadTestReport.tableRow(result, kills: killEvery != nil))
+            if !json, let c = result.chaos { try output(LoadTestReport.chaosBlock(c)) }
         }
         if !json, rows.contains(where: { !$0.errors.isEmpty }) {
             for r in rows where !r.errors.isEmpty { printError("\(r.workers) workers: \(r.errors.joined(separator: "; "))") }
@@ -328,7 +330,7 @@ struct LoadTestCommand: AsyncParsableCommand {
             printError("cannot write results to '\(dir)': \(error.localizedDescription)")
             throw ExitCode.failure
         }
-        if !json { output("# wrote \(dir)/results.json\(chart == nil ? "" : " and \(dir)/chart.svg")") }
+        if !json { try output("# wrote \(dir)/results.json\(chart == nil ? "" : " and \(dir)/chart.svg")") }
     }
 }
 

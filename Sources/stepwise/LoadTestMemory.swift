@@ -47,19 +47,20 @@ extension LoadTestCommand {
     /// The memory mode (`--memory`): for each count, N one-step `counter` sessions through the real path.
     func runMemory(conn: RedisConnection, logger: Logger) async throws -> [MemoryResult] {
         if !json {
-            output(
+            try output(
                 "# memory per idle session: \(connection.endpoint) (redis), counter agent, 1 step per session, state ~\(stateBytes) B, "
                     + "one idempotency key per session; 2 workers x \(concurrency) slots")
-            output(
+            try output(
                 "sessions  bytes/session  state-doc  beyond-state  beyond-w/o-idem  session-hash  events  idem  jobs  inbox  index  keyspace-dicts  errors"
             )
         }
         var rows: [MemoryResult] = []
         for count in memoryCounts {
+            try Console.checkStdout()
             let r = try await memoryRound(sessions: count, conn: conn)
             rows.append(r)
             if json {
-                output(r.json.jsonString)
+                try output(r.json.jsonString)
             } else {
                 func b(_ v: Double) -> String { String(Int(v.rounded())) }
                 func p(_ v: some CustomStringConvertible, _ w: Int) -> String { LoadTestReport.pad(v, w) }
@@ -71,7 +72,7 @@ extension LoadTestCommand {
                 let widths = [12, 6, 4, 4, 5]
                 let more: [String] = zip(parts, widths).map { p(b($0.0), $0.1) } + [p(b(r.indexShare), 5), p(b(r.unattributed), 14)]
                 let errors: String = r.errors.isEmpty ? "0" : r.errors.joined(separator: "; ")
-                output((cols + more + [errors]).joined(separator: "  "))
+                try output((cols + more + [errors]).joined(separator: "  "))
             }
         }
         return rows

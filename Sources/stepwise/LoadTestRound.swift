@@ -171,7 +171,7 @@ struct LoadTestRound {
                     var extra = params.killEvery == nil ? "" : ", \(kills) kills"
                     if let chaos { extra += ", \(chaos.summary.totalInjected) faults" }
                     let line = String(format: "\r  %d workers: %d/%d steps, %.0f steps/s, ETA %.0f s", count, done, total, rate, eta)
-                    FileHandle.standardError.write(Data((line + extra + "   ").utf8))
+                    progress(line + extra + "   ")
                 }
                 return allDone
             }
@@ -181,7 +181,7 @@ struct LoadTestRound {
             throw error
         }
         let elapsed = (ContinuousClock.now - start).inSeconds
-        if !json { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        if !json { progress("\r\u{1B}[K") }
         // Every fault is undone before anything is read or stopped: paused workers continue,
         // maxmemory is restored, Redis runs.
         await chaos?.undoAll()

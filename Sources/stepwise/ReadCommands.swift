@@ -62,23 +62,23 @@ struct StatusCommand: AsyncParsableCommand {
             throw ExitCode.failure
         }
         if json {
-            output(s.json.jsonString)
+            try output(s.json.jsonString)
             return
         }
-        output("session   \(s.id)")
-        output("agent     \(s.agent)")
-        if !s.owner.isEmpty { output("owner     \(s.owner)") }
-        output("status    \(s.status.rawValue)")
-        if let reason = s.cancelReason { output("cancelled \(reason)") }
-        if let job = s.deadLetter { output("blocked   by dead letter \(job): see `stepwise dead show \(job)`") }
-        output("version   \(s.version)")
-        output("steps     \(s.steps)")
-        output("queued    \(s.queued)")
-        output("created   \(formatTime(s.createdAt))")
-        output("active    \(formatTime(s.lastActiveAt))")
-        output("expires   \(s.expiresAt.map(formatTime) ?? "never")")
-        output("options   \(s.options.jsonString)")
-        output("state     \(s.state.jsonString)")
+        try output("session   \(s.id)")
+        try output("agent     \(s.agent)")
+        if !s.owner.isEmpty { try output("owner     \(s.owner)") }
+        try output("status    \(s.status.rawValue)")
+        if let reason = s.cancelReason { try output("cancelled \(reason)") }
+        if let job = s.deadLetter { try output("blocked   by dead letter \(job): see `stepwise dead show \(job)`") }
+        try output("version   \(s.version)")
+        try output("steps     \(s.steps)")
+        try output("queued    \(s.queued)")
+        try output("created   \(formatTime(s.createdAt))")
+        try output("active    \(formatTime(s.lastActiveAt))")
+        try output("expires   \(s.expiresAt.map(formatTime) ?? "never")")
+        try output("options   \(s.options.jsonString)")
+        try output("state     \(s.state.jsonString)")
     }
 }
 
@@ -103,16 +103,16 @@ struct SessionsCommand: AsyncParsableCommand {
         let rows = try await reportingFailures {
             try await SessionStore(connection: conn, keys: connection.keys).recentSessions(limit: limit)
         }
-        if !json { output("SESSION".padding(toLength: 40, withPad: " ", startingAt: 0) + "STATUS    STEPS  LAST ACTIVE") }
+        if !json { try output("SESSION".padding(toLength: 40, withPad: " ", startingAt: 0) + "STATUS    STEPS  LAST ACTIVE") }
         for r in rows {
             if json {
-                output(
+                try output(
                     JSONValue.object([
                         "session": .string(r.id), "status": .string(r.status), "steps": .int(r.steps),
                         "lastActive": .int(r.lastActiveAt),
                     ]).jsonString)
             } else {
-                output(
+                try output(
                     r.id.padding(toLength: 40, withPad: " ", startingAt: 0) + r.status.padding(toLength: 10, withPad: " ", startingAt: 0)
                         + String(r.steps).padding(toLength: 7, withPad: " ", startingAt: 0) + formatTime(r.lastActiveAt))
             }
@@ -141,7 +141,7 @@ struct QueueCommand: AsyncParsableCommand {
                 ]
             }
             let stats = JSONValue.object(info.stats.mapValues { .int($0) })
-            output(
+            try output(
                 JSONValue.object([
                     "ready": .int(info.ready), "delayed": .int(info.delayed),
                     "parked": .int(info.parked), "dead": .int(info.dead),
@@ -149,19 +149,24 @@ struct QueueCommand: AsyncParsableCommand {
                 ]).jsonString)
             return
         }
-        output("ready      \(info.ready)")
-        output("delayed    \(info.delayed)  (retries waiting for their backoff)")
-        output("parked     \(info.parked)  (waiting for an active-session slot; \(info.active) held)")
-        output("dead       \(info.dead)  (see stepwise dead list)")
-        output("workers    \(info.workers.count)")
+        try output("ready      \(info.ready)")
+        try output("delayed    \(info.delayed)  (retries waiting for their backoff)")
+        try output("parked     \(info.parked)  (waiting for an active-session slot; \(info.active) held)")
+        try output("dead       \(info.dead)  (see stepwise dead list)")
+        try output("workers    \(info.workers.count)")
         if info.workers.contains(where: { $0.alive && $0.status == "oom" }) {
-            output("redis      OUT OF MEMORY: workers claim nothing until it has room (raise maxmemory or free memory)")
+            try output("redis      OUT OF MEMORY: workers claim nothing until it has room (raise maxmemory or free memory)")
         }
         for w in info.workers {
             let state =
-                !w.alive ? "DEAD (reaper will recover its jobs)" : w.status == "oom" ? "alive, redis full: not claiming" : "alive"
-            output("  \(w.id.padding(toLength: 40, withPad: " ", startingAt: 0)) inflight \(w.inflight)  \(state)")
+                !w.alive
+                ? (w.inflight > 0 ? "DEAD (reaper will recover its jobs)" : "gone (nothing held; listed until pruned)")
+                : w.status == "oom" ? "alive, redis full: not claiming" : w.status == "stopping" ? "alive, stopping" : "alive"
+            try output("  \(w.id.padding(toLength: 40, withPad: " ", startingAt: 0)) inflight \(w.inflight)  \(state)")
         }
-        for (k, v) in info.stats.sorted(by: { $0.key < $1.key }) { output("\(k.padding(toLength: 10, withPad: " ", startingAt: 0)) \(v)") }
+        let width = info.stats.keys.map(\.count).max() ?? 10
+        for (k, v) in info.stats.sorted(by: { $0.key < $1.key }) {
+            try output("\(k.padding(toLength: width, withPad: " ", startingAt: 0)) \(v)")
+        }
     }
 }

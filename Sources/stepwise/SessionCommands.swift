@@ -32,17 +32,17 @@ struct CancelCommand: AsyncParsableCommand {
             try await Dispatcher(connection: conn, keys: connection.keys, agents: .init()).cancel(id, reason: reason)
         }
         if json {
-            output(
+            try output(
                 JSONValue.object([
                     "session": .string(id.rawValue), "cancelled": .bool(result != nil),
                     "dropped": .int(result?.dropped ?? 0), "running": result?.running.map { .string($0) } ?? .null,
                 ]).jsonString)
         } else if let result {
-            output(
+            try output(
                 "cancelled session \(id): \(result.dropped) queued step(s) dropped"
                     + (result.running.map { ", running job \($0) is being stopped" } ?? ""))
         } else {
-            output("session \(id) was already cancelled")
+            try output("session \(id) was already cancelled")
         }
     }
 }
@@ -75,7 +75,7 @@ struct TouchCommand: AsyncParsableCommand {
             try await Dispatcher(connection: conn, keys: connection.keys, agents: .init())
                 .touch(id, ttl: try ttl.map { try seconds($0, flag: "--ttl") })
         }
-        output(expiry.map { "session \(id) expires at \(formatTime($0)) unless active again" } ?? "session \(id) never expires")
+        try output(expiry.map { "session \(id) expires at \(formatTime($0)) unless active again" } ?? "session \(id) never expires")
     }
 }
 
@@ -108,13 +108,15 @@ struct DeadCommand: AsyncParsableCommand {
             let letters = try await reportingFailures {
                 try await DeadLetterQueue(connection: conn, keys: connection.keys).list(limit: limit)
             }
-            if !json { output("JOB".padding(toLength: 44, withPad: " ", startingAt: 0) + "ATTEMPTS  HELD  WHEN          REASON: ERROR") }
+            if !json {
+                try output("JOB".padding(toLength: 44, withPad: " ", startingAt: 0) + "ATTEMPTS  HELD  WHEN          REASON: ERROR")
+            }
             for d in letters {
                 if json {
-                    output(d.json.jsonString)
+                    try output(d.json.jsonString)
                 } else {
                     let error = d.error.count > 80 ? String(d.error.prefix(80)) + "…" : d.error
-                    output(
+                    try output(
                         d.jobID.padding(toLength: 44, withPad: " ", startingAt: 0)
                             + String(d.attempts).padding(toLength: 10, withPad: " ", startingAt: 0)
                             + String(d.heldSteps).padding(toLength: 6, withPad: " ", startingAt: 0) + formatTime(d.time)
@@ -145,16 +147,16 @@ struct DeadCommand: AsyncParsableCommand {
                 throw ExitCode.failure
             }
             if json {
-                output(d.json.jsonString)
+                try output(d.json.jsonString)
                 return
             }
-            output("job       \(d.jobID)")
-            output("session   \(d.session)  (agent \(d.agent), \(d.heldSteps) step(s) held behind it)")
-            output("reason    \(d.reason)")
-            output("error     \(d.error)")
-            output("attempts  \(d.attempts)")
-            output("when      \(formatTime(d.time))")
-            output("input     \(d.input)")
+            try output("job       \(d.jobID)")
+            try output("session   \(d.session)  (agent \(d.agent), \(d.heldSteps) step(s) held behind it)")
+            try output("reason    \(d.reason)")
+            try output("error     \(d.error)")
+            try output("attempts  \(d.attempts)")
+            try output("when      \(formatTime(d.time))")
+            try output("input     \(d.input)")
         }
     }
 
@@ -165,7 +167,7 @@ struct DeadCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await target.act { try await $0.retry(jobID: $1) }
-            output("job \(target.job) is queued again")
+            try output("job \(target.job) is queued again")
         }
     }
 
@@ -175,7 +177,7 @@ struct DeadCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await target.act { try await $0.purge(jobID: $1) }
-            output("job \(target.job) discarded")
+            try output("job \(target.job) discarded")
         }
     }
 }

@@ -17,7 +17,9 @@ struct Stepwise: AsyncParsableCommand {
     )
 
     /// Rejects arguments that are not valid UTF-8 before parsing (Swift would silently repair
-    /// them), then runs the command.
+    /// them), then runs the command. All output, argument-parser's help and errors included,
+    /// goes through ``Console``: a closed or broken stdout or stderr ends the command with
+    /// status 74, never with a trap.
     static func main() async {
         // hiredis writes with write(2): a write to a socket Redis already closed (CLIENT KILL, a
         // restart) would raise SIGPIPE, whose default action kills the process. Ignored, the
@@ -26,10 +28,34 @@ struct Stepwise: AsyncParsableCommand {
         for i in 1..<Int(CommandLine.argc) {
             guard let raw = CommandLine.unsafeArgv[i], String(validatingCString: raw) != nil else {
                 printError("argument \(i) is not valid UTF-8: pass text in UTF-8 (JSON escapes like \\u00e9 work in --input)")
-                Foundation.exit(ExitCode.validationFailure.rawValue)
+                Foundation.exit(Console.exitStatus(ExitCode.validationFailure.rawValue))
             }
         }
-        await main(nil)
+        Foundation.exit(Console.exitStatus(await runCommand()))
+    }
+
+    /// argument-parser's `main`, with its messages written through ``Console`` (it prints help
+    /// with `print` and errors with `putc`, whose failures go unnoticed).
+    ///
+    /// - Returns: the exit status.
+    private static func runCommand() async -> Int32 {
+        do {
+            var command = try await asyncParseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+            return ExitCode.success.rawValue
+        } catch is OutputFailed {
+            return Console.outputFailedStatus
+        } catch {
+            let code = exitCode(for: error)
+            let text = fullMessage(for: error)
+            // Help (and other clean exits) go to stdout with status 0, as argument-parser does.
+            if !text.isEmpty { Console.write(text + "\n", to: code == .success ? .stdout : .stderr) }
+            return code.rawValue
+        }
     }
 }
 
@@ -96,15 +122,6 @@ func reportingFailures<T>(_ body: () async throws -> T) async throws -> T {
         printError("redis replied with an error: \(error.message)")
         throw ExitCode.failure
     }
-}
-
-/// Writes one line to stdout at once (unbuffered), so live output is never held back.
-func output(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
-}
-
-func printError(_ message: String) {
-    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
 }
 
 /// Parses a duration given in seconds (fractions allowed).

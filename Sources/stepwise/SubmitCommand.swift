@@ -17,13 +17,23 @@ struct SubmitCommand: AsyncParsableCommand {
     @Option(help: "Agent name; required for a new session (built in: echo, counter, sleep, quiz, fault).")
     var agent: String?
 
-    @Option(help: "The step's input as JSON, e.g. '{\"topic\":\"Swift\"}' or '\"hello\"'.")
+    @Option(
+        help: ArgumentHelp(
+            "The step's input as JSON, e.g. '{\"topic\":\"Swift\"}' or '\"hello\"'; @path reads it from a file, - from standard input.",
+            valueName: "json|@path|-"))
     var input: String = "null"
 
     @Option(name: .customLong("option"), help: "A session setting key=value (value parsed as JSON when it is JSON). Repeatable.")
     var options: [String] = []
 
-    @Option(help: "Owner recorded on a new session; submits by another owner are refused.")
+    @Option(
+        name: .customLong("options"),
+        help: ArgumentHelp(
+            "Session settings as one JSON object (at most 64 KiB); @path reads it from a file, - from standard input. --option pairs override its keys.",
+            valueName: "json|@path|-"))
+    var optionsDocument: String?
+
+    @Option(help: "Owner recorded on a new session (1-128 characters from A-Z a-z 0-9 _ . @ : -); submits by another owner are refused.")
     var owner: String?
 
     @Option(help: "Makes re-submits with the same key return the first job id and enqueue nothing.")
@@ -60,6 +70,12 @@ struct SubmitCommand: AsyncParsableCommand {
         if let maxAttempts, !(1...1000).contains(maxAttempts) {
             throw ValidationError("--max-attempts must be 1-1000, got \(maxAttempts)")
         }
+        if JSONArgument.readsStandardInput(input), let optionsDocument, JSONArgument.readsStandardInput(optionsDocument) {
+            throw ValidationError("--input - and --options - both read standard input: give one of them as @path or inline")
+        }
+        if let owner {
+            do { try Submission.validateOwner(owner) } catch { throw ValidationError("--owner: \(error.message)") }
+        }
         let size = try parsedInput().jsonString.utf8.count
         guard size <= maxInputBytes else {
             throw ValidationError(
@@ -79,21 +95,38 @@ struct SubmitCommand: AsyncParsableCommand {
         return d
     }
 
+    /// The input, inline or read from a file or stdin (read once; reading stops at 4 x
+    /// --max-input-bytes, room for formatting; the compact JSON must fit --max-input-bytes).
     func parsedInput() throws -> JSONValue {
-        do { return try JSONValue(parsing: input, what: "--input") } catch let e as StepwiseError {
-            throw ValidationError("\(e.message) (quote strings: --input '\"text\"')")
-        }
+        try JSONArgument.parse(
+            input, flag: "--input", rawLimit: maxInputBytes > Int.max / 4 ? Int.max : maxInputBytes * 4,
+            hint: " (quote strings: --input '\"text\"')",
+            limitHint: "send less, or raise --max-input-bytes (a file or stdin may have up to 4 times --max-input-bytes for formatting)")
     }
 
+    /// The session options: --options, then each --option pair over it; checked against the
+    /// dispatcher's limits (a JSON object, keys not empty, at most 64 KiB).
     func parsedOptions() throws -> JSONValue? {
-        guard !options.isEmpty else { return nil }
+        guard optionsDocument != nil || !options.isEmpty else { return nil }
+        let maxBytes = Dispatcher.Configuration().maxOptionsBytes
         var o: [String: JSONValue] = [:]
+        if let optionsDocument {
+            let document = try JSONArgument.parse(
+                optionsDocument, flag: "--options", rawLimit: maxBytes * 4, limitHint: "session options may have at most \(maxBytes) bytes")
+            guard let object = document.objectValue else {
+                throw ValidationError("--options must be a JSON object, like '{\"model\":\"small\"}'")
+            }
+            o = object
+        }
         for pair in options {
             guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
                 throw ValidationError("--option '\(pair)' must look like key=value, e.g. --option model=small")
             }
             let value = String(pair[pair.index(after: eq)...])
             o[String(pair[..<eq])] = (try? JSONValue(parsing: value)) ?? .string(value)
+        }
+        do { try Submission.validateOptions(.object(o), maxBytes: maxBytes) } catch {
+            throw ValidationError("\(optionsDocument == nil ? "--option" : "--options/--option"): \(error.message)")
         }
         return .object(o)
     }
@@ -113,12 +146,12 @@ struct SubmitCommand: AsyncParsableCommand {
                     idempotencyKey: idempotencyKey, ttl: try ttl.map(ttlDuration), maxAttempts: maxAttempts))
         }
         if json {
-            output(
+            try output(
                 JSONValue.object([
                     "job": .string(receipt.jobID), "session": .string(sessionID.rawValue), "enqueued": .bool(receipt.enqueued),
                 ]).jsonString)
         } else {
-            output("\(receipt.enqueued ? "accepted" : "duplicate of") job \(receipt.jobID) (session \(sessionID))")
+            try output("\(receipt.enqueued ? "accepted" : "duplicate of") job \(receipt.jobID) (session \(sessionID))")
         }
         guard wait else { return }
         let store = SessionStore(connection: conn, keys: connection.keys)
@@ -146,10 +179,11 @@ func follow(
 ) async throws {
     var last = from
     while true {
+        try Console.checkStdout()
         let events = try await store.events(of: session, after: last, count: 200, block: .seconds(1))
         for event in events {
             last = event.id
-            output(json ? event.json.jsonString : describe(event))
+            try output(json ? event.json.jsonString : describe(event))
             if stop(event) { return }
         }
         if events.isEmpty {
@@ -161,7 +195,7 @@ func follow(
             if snapshot.status.isSettled && (snapshot.queued == 0 || snapshot.status == .failed || snapshot.status == .cancelled) {
                 // Drain anything written between the read and the status check, then stop.
                 let tail = try await store.events(of: session, after: last, count: 1000)
-                for event in tail { output(json ? event.json.jsonString : describe(event)) }
+                for event in tail { try output(json ? event.json.jsonString : describe(event)) }
                 return
             }
         }

@@ -135,3 +135,48 @@ import Testing
         #expect(throws: Never.self) { try Worker.Configuration(workerID: "w-1").validate() }
     }
 }
+
+@Suite struct SubmissionLimitTests {
+    @Test(arguments: ["a", "ann", "user-42_x.y@example.com", "tenant:7", String(repeating: "o", count: 128)])
+    func acceptsValidOwners(_ owner: String) throws {
+        try Submission.validateOwner(owner)
+    }
+
+    @Test(arguments: [
+        ("", "empty"), (String(repeating: "o", count: 129), "over the limit of 128"), ("a b", "U+20"), ("a\nb", "U+A"),
+        ("ünï", "U+FC"), ("a/b", "'/'"), ("a{b}", "'{'"), ("a\0b", "U+0"),
+    ])
+    func rejectsInvalidOwners(_ owner: String, _ expected: String) {
+        do {
+            try Submission.validateOwner(owner)
+            Issue.record("owner \(owner.debugDescription) was accepted")
+        } catch {
+            #expect(error.code == .invalidOwner)
+            #expect(error.message.contains(expected), "\(error.message)")
+            #expect(!error.message.contains("\n") && !error.message.contains("\0"))
+        }
+    }
+
+    @Test func optionsMustBeASmallObjectWithNamedKeys() throws {
+        try Submission.validateOptions(["model": "small", "n": 2])
+        try Submission.validateOptions(.object([:]))
+        let limit = Submission.defaultMaxOptionsBytes
+        #expect(limit == 64 * 1024)
+        // {"k":"<pad>"} is 8 bytes plus the pad: exactly at the limit passes, one more byte fails.
+        try Submission.validateOptions(["k": .string(String(repeating: "x", count: limit - 8))])
+        let cases: [(JSONValue, String)] = [
+            (["k": .string(String(repeating: "x", count: limit - 7))], "over the limit of \(limit) bytes"),
+            (["": 1], "empty key"), ([1, 2], "JSON object"), ("text", "JSON object"), (.null, "JSON object"),
+        ]
+        for (options, expected) in cases {
+            do {
+                try Submission.validateOptions(options)
+                Issue.record("options \(options) were accepted")
+            } catch {
+                #expect(error.code == .invalidOptions)
+                #expect(error.message.contains(expected), "\(error.message)")
+            }
+        }
+        #expect(throws: StepwiseError.self) { try Submission.validateOptions(["a": 1], maxBytes: 5) }
+    }
+}
