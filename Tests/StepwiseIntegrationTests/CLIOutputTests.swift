@@ -141,9 +141,15 @@ struct CLIOutputTests {
     }
 
     /// How many jobs were ever enqueued for `session` (its sequence counter), 0 for no session.
+    /// Jobs the session ever had queued: its inbox (nothing here runs them).
     func jobCount(_ session: String) async throws -> Int {
-        let seq = try await conn.send(["HGET", RedisArgument(keys.session(try SessionID(session))), "seq"]).string
-        return seq.flatMap { Int($0) } ?? 0
+        try await conn.send(["LLEN", RedisArgument(keys.inbox(try SessionID(session)))]).int ?? 0
+    }
+
+    /// The session's only job id (nil unless it has exactly one).
+    func onlyJob(_ session: String) async throws -> String? {
+        let ids = try await conn.send(["LRANGE", RedisArgument(keys.inbox(try SessionID(session))), 0, -1]).array?.compactMap(\.string)
+        return ids?.count == 1 ? ids?.first : nil
     }
 
     @Test(arguments: [Sink.brokenPipe, .closed])
@@ -156,13 +162,15 @@ struct CLIOutputTests {
             #expect(r.exitStatus == 74, "stdout \(sink): exit status \(String(describing: r.exitStatus))")
             #expect(r.stderr.isEmpty, "quiet: \(r.stderr)")
             #expect(try await jobCount(session) == 1, "the submit happened, once")
+            let job = try await onlyJob(session)
+            #expect(job != nil)
             #expect(
-                try await conn.send(["LRANGE", RedisArgument(keys.ready), 0, -1]).array?.compactMap(\.string).contains("\(session):1")
-                    == true)
+                try await conn.send(["LRANGE", RedisArgument(keys.ready), 0, -1]).array?.compactMap(\.string).contains(job ?? "-") == true)
         }
         // The same command with stdout captured: exit 0 and the usual line (the status above is the broken stream's).
         let ok = try await spawnBinary(["submit", "--session", "out-ok", "--agent", "echo"] + common)
-        #expect(ok.exitStatus == 0 && ok.stdout.hasPrefix("accepted job out-ok:1"), "\(ok)")
+        let okJob = try await onlyJob("out-ok") ?? "-"
+        #expect(ok.exitStatus == 0 && ok.stdout.hasPrefix("accepted job \(okJob)"), "\(ok)")
     }
 
     @Test func errorsWithBrokenStderrKeepTheirStatusAndNeverTrap() async throws {
@@ -265,7 +273,8 @@ struct CLIOutputTests {
         let inline = try await spawnBinary(["submit", "--session", "in-inline", "--agent", "echo", "--input", value.jsonString] + common)
         #expect(inline.exitStatus == 0, "\(inline.stderr)")
         for session in ["in-file", "in-stdin", "in-inline"] {
-            let stored = try await conn.send(["HGET", RedisArgument(keys.jobs(try SessionID(session))), "1"]).string
+            let number = try await onlyJob(session)?.split(separator: ":").last.map(String.init) ?? "-"
+            let stored = try await conn.send(["HGET", RedisArgument(keys.jobs(try SessionID(session))), RedisArgument(number)]).string
             #expect(try stored.map { try JSONValue(parsing: $0) } == value, "\(session): \(stored ?? "nil")")
         }
 
@@ -362,11 +371,15 @@ struct CLIOutputTests {
                 #expect(error.code == code, "\(error.message)")
             }
         }
-        // A bad one in a batch rejects the batch before anything is sent.
-        await #expect(throws: StepwiseError.self) {
-            try await dispatcher.submit([Submission(session: id, agent: "echo"), Submission(session: id, agent: "echo", owner: "a/b")])
-        }
         #expect(try await namespaceKeys() == [], "nothing written to Redis")
+        // In a batch, the bad one gets its error and is not sent; the good one is enqueued.
+        let batch = await dispatcher.submit([
+            Submission(session: id, agent: "echo"), Submission(session: id, agent: "echo", owner: "a/b"),
+        ])
+        #expect((try? batch[0].get()) != nil)
+        #expect(await stepwiseErrorCode { _ = try batch[1].get() } == .invalidOwner)
+        #expect(try await jobCount("lib-limits") == 1)
+        _ = try await conn.send(["DEL", RedisArgument(keys.inbox(id)), RedisArgument(keys.session(id)), RedisArgument(keys.jobs(id))])
         _ = try await dispatcher.submit(Submission(session: id, agent: "echo", owner: "ann@x", options: ["k": "v"]))
         #expect(try await jobCount("lib-limits") == 1)
     }

@@ -31,6 +31,9 @@ need(string.sub(holder, 1, #worker + 1) == worker .. '/', 'invalid_argument', 'h
 need(KEYS[1] == P .. 'ready' and KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'keys do not belong to worker ' .. worker)
 local k = session_keys(P, sid)
 local result
+-- Keys this call may create, sealed with the session's expiry: the stream (an event), and the
+-- inbox and jobs hash when a continuation refills an inbox its commit emptied.
+local created = {k.events}
 local cur = redis.call('HMGET', k.session, 'holder', 'version', 'steps', 'ttl', 'refreshed', 'cancelled', 'exp', 'committed')
 local last_token, last_status = nil, nil
 if cur[8] then last_token, last_status = string.match(cur[8], '^(.*)=(%a+)$') end
@@ -83,7 +86,7 @@ else
       else
         redis.call('HSET', k.jobs, nseq, ARGV[9], nseq .. ':t', now)
       end
-      redis.call('LPUSH', k.inbox, sid .. ':' .. nseq)
+      if redis.call('LPUSH', k.inbox, sid .. ':' .. nseq) == 1 then created = {k.events, k.inbox, k.jobs} end
     end
     local head = redis.call('LINDEX', k.inbox, 0)
     if head then
@@ -98,7 +101,7 @@ else
     result = {'ok', eid, version}
   end
   redis.call('HSET', k.session, 'committed', holder .. '=' .. result[1])
-  refresh(P, k, sid, now, cur[4], cur[5], false, cur[7])
+  refresh(P, k, sid, now, cur[4], cur[5], false, cur[7], created)
 end
 if ARGV[10] == '1' then
   if redis.call('EXISTS', P .. 'worker:' .. worker) == 1 then

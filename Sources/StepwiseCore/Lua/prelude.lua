@@ -54,26 +54,28 @@ end
 local function event(k, maxlen, ...)
   return redis.call('XADD', k.events, 'MAXLEN', '~', maxlen, '*', ...)
 end
--- Gives every key of the session that exists without an expiry the session's expiry `exp`
--- (ms, '' for a session that never expires): a key created by this script (first event, a new
--- inbox) never outlives its session.
-local function seal(k, exp)
+-- Gives each of `keys` that exists without an expiry the session's expiry `exp` (ms, '' for a
+-- session that never expires): a key this script may have created (the stream by its first
+-- event, an inbox or jobs hash that had emptied) never outlives its session. Scripts pass only
+-- the keys they may have created.
+local function seal(exp, keys)
   if exp == nil or exp == '' then return end
-  for _, key in ipairs({k.inbox, k.jobs, k.idem, k.events}) do
+  for _, key in ipairs(keys) do
     if redis.call('PTTL', key) == -1 then redis.call('PEXPIREAT', key, exp) end
   end
 end
 -- Refreshes the session's idle expiry and index entries when due (or when forced): every key of
 -- the session gets the same PEXPIREAT, so they expire together. Refreshing at most every
 -- min(ttl/10, 60 s) keeps this off the hot path; the expiry is set that much later than ttl, so a
--- session never expires early. Returns the expiry in force ('' for none).
-local function refresh(P, k, sid, now, ttl, last, force, exp)
+-- session never expires early. When no refresh is due, the keys in `created` (the ones this
+-- script may have created) get the current expiry `exp`. Returns the expiry in force ('' for none).
+local function refresh(P, k, sid, now, ttl, last, force, exp, created)
   ttl = tonumber(ttl) or 0
   now = tonumber(now)
   local due = 60000
   if ttl > 0 then due = math.min(math.max(math.floor(ttl / 10), 1000), 60000) end
   if (not force) and now - (tonumber(last) or 0) < due then
-    seal(k, exp)
+    seal(exp, created or {})
     return exp
   end
   redis.call('ZADD', P .. 'sessions', now, sid)
@@ -139,7 +141,7 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid)
     if j[1] and s[1] and head == jid and s[9] == '' and not s[7] then
       if s[6] then
         drop_cancelled(k, jid, seq, now, maxlen, j[2], s[5])
-        seal(k, s[8])
+        seal(s[8], {k.events})
       else
         redis.call('LPUSH', P .. 'ready', jid)
       end
@@ -150,7 +152,7 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid)
   if s[6] then
     if s[9] == '' then
       drop_cancelled(k, jid, seq, now, maxlen, j[2], s[5])
-      seal(k, s[8])
+      seal(s[8], {k.events})
     end
     return {'skip', jid}
   end
@@ -177,7 +179,7 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid)
   local holder = worker .. '/' .. next_seq(P)
   redis.call('HSET', k.session, 'status', 'running', 'holder', holder, 'active', now)
   event(k, maxlen, 'type', 'step.started', 'job', jid, 'step', step, 'attempt', attempt, 'time', now)
-  seal(k, s[8])
+  seal(s[8], {k.events})
   return {'run', jid, sid, s[1], s[2], s[3], s[4], tostring(step), tostring(attempt), j[1], holder, j[4] or '', j[5] or '',
     j[3] or '0', j[6] or ''}
 end

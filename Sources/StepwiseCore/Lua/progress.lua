@@ -26,5 +26,5 @@ end
 if solo == '1' then redis.call('HSET', k.jobs, seq .. ':q', 'solo') end
 local eid = event(k, maxlen, 'type', 'step.progress', 'job', jid, 'step', ARGV[5], 'attempt', ARGV[6],
   'time', ARGV[7], 'message', ARGV[8], 'data', ARGV[9])
-seal(k, s[2])
+seal(s[2], {k.events})
 return eid

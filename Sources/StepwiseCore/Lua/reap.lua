@@ -71,7 +71,7 @@ for _, h in ipairs(held) do
       'attempt', attempt, 'time', now, 'worker', dead, 'blame', blame)
     n = n + 1
   end
-  seal(h.k, h.s[5])
+  seal(h.s[5], {h.k.events})
 end
 local last = redis.call('ZSCORE', KEYS[4], dead)
 if (not last) or server_ms() - tonumber(last) > prune then redis.call('ZREM', KEYS[4], dead) end

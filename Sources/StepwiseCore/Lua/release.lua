@@ -50,5 +50,5 @@ else
   event(k, maxlen, 'type', 'step.released', 'job', jid, 'step', tonumber(s[2]) + 1,
     'attempt', attempt, 'time', now, 'reason', reason)
 end
-seal(k, s[5])
+seal(s[5], {k.events})
 return 1

@@ -67,5 +67,7 @@ if queued == 1 then
   table.insert(fields, 'queued')
 end
 redis.call('HSET', k.session, unpack(fields))
-refresh(P, k, sid, now, ttl, cur[4], force, cur[6])
+local created = {}
+if queued == 1 then created = {k.inbox, k.jobs} end
+refresh(P, k, sid, now, ttl, cur[4], force, cur[6], created)
 return {jid, 1}
