@@ -43,12 +43,14 @@ struct ScriptCalls: Sendable {
             ])
     }
 
-    /// Claims `jobID` (already moved into the worker's in-flight list), or the next ready job when nil.
-    func claim(worker: String, jobID: String?, now: Int64, activeLimit: Int) -> ScriptCall {
+    /// Claims `jobID` (already moved into the worker's in-flight list); with `jobID` nil, takes up
+    /// to `count` jobs from `ready` and claims each (the reply is then a list of claims).
+    func claim(worker: String, jobID: String?, now: Int64, activeLimit: Int, count: Int = 1) -> ScriptCall {
         ScriptCall(
             script: Scripts.claim, keys: [RedisArgument(keys.ready), RedisArgument(keys.inflight(worker: worker))],
             arguments: [
                 prefix, RedisArgument(worker), RedisArgument(now), RedisArgument(jobID ?? ""), maxlen, RedisArgument(activeLimit),
+                RedisArgument(count),
             ])
     }
 

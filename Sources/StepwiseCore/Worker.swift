@@ -7,13 +7,15 @@ import Synchronization
 /// A worker process's engine: runs up to `concurrency` steps at once, keeps a heartbeat, and
 /// recovers the jobs of workers that died.
 ///
-/// Each slot owns one Redis connection (one thread) for its blocking `BLMOVE` and its progress
-/// events; the claim, commit and release scripts of all slots share one coalescing connection.
-/// A slot moves a job from `ready` into this worker's in-flight list (`LMOVE`/`BLMOVE` inside the
-/// claim script), runs the agent's step, then commits with one script that also claims the next
-/// ready job, so a busy slot spends at most one round trip per step. Run it inside a `ServiceGroup`: graceful shutdown stops taking jobs,
-/// waits up to ``Configuration/grace`` for running steps, and puts unfinished ones back at the
-/// front of their session.
+/// One fetcher task takes jobs: it claims as many ready jobs as there are free slots in one
+/// script call, or waits for one in a bounded `BLMOVE`, and starts a step task for each. A step
+/// task runs the agent's step, then commits with one script that also claims the next ready job,
+/// so a busy worker spends one round trip per step. Claims, commits, releases and progress
+/// events of all steps share one coalescing connection. A worker holds four Redis connections
+/// (and four threads of its own) whatever its concurrency: fetch, steps, control, crash marker.
+/// Run it inside a `ServiceGroup`: graceful shutdown stops taking jobs, waits up to
+/// ``Configuration/grace`` for running steps, and puts unfinished ones back at the front of their
+/// session.
 public final class Worker: Service, Sendable {
     /// Worker settings.
     public struct Configuration: Sendable {
@@ -120,10 +122,9 @@ public final class Worker: Service, Sendable {
     public let agents: AgentRegistry
     public let logger: Logger
     let state = Mutex(RunState())
-    /// The connection every slot's claim, commit and release scripts share: calls made while it
-    /// is busy go out together (``RedisConnection/evalScriptCoalesced(_:keys:arguments:)``), so
-    /// a busy worker spends one write and one thread wake-up per batch of steps, not per step.
-    /// Each slot keeps its own connection for its blocking `BLMOVE` and progress events.
+    /// The connection every step's claim, commit, release and progress scripts share: calls made
+    /// while it is busy go out together (``RedisConnection/evalScriptCoalesced(_:keys:arguments:)``),
+    /// so a busy worker spends one write and one thread wake-up per batch of steps, not per step.
     let steps: RedisConnection
     /// The typed calls of the protocol's scripts.
     let scripts: ScriptCalls
@@ -215,11 +216,9 @@ public final class Worker: Service, Sendable {
                     await self.promoter(control)
                     return .maintenance
                 }
-                for i in 0..<configuration.concurrency {
-                    group.addTask {
-                        await self.slot(i)
-                        return .slot
-                    }
+                group.addTask {
+                    await self.fetcher()
+                    return .slot
                 }
                 group.addTask {
                     // Grace deadline: armed when shutdown starts, then cancels unfinished steps.
@@ -229,14 +228,15 @@ public final class Worker: Service, Sendable {
                     try? await Task.sleep(for: self.configuration.grace)
                     return .deadline
                 }
-                var slotsLeft = configuration.concurrency
+                var stepsDone = false
                 while let finished = await group.next() {
                     switch finished {
                     case .slot:
-                        slotsLeft -= 1
-                        if slotsLeft == 0 { group.cancelAll() }
+                        // The fetcher ends once shutdown starts and its steps are done.
+                        stepsDone = true
+                        group.cancelAll()
                     case .deadline:
-                        if slotsLeft > 0 {
+                        if !stepsDone {
                             logger.info("grace period over, cancelling running steps")
                         }
                         group.cancelAll()

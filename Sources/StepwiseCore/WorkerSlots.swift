@@ -5,66 +5,89 @@ import Synchronization
 
 /// A worker's slots: each takes a job, runs the agent's step, and commits it.
 extension Worker {
-    func slot(_ index: Int) async {
-        let conn = connection("slot\(index)")
-        var next: Claim?
-        // Set when the last commit looked for a next job and `ready` was empty: the slot then
-        // goes straight to `BLMOVE` instead of asking again (one round trip less per step when
-        // the pool is not saturated).
-        var readyWasEmpty = false
-        var failures = 0
-        while !Task.isCancelled {
-            do {
-                var claim = next
-                next = nil
-                if claim == nil {
-                    if stopping { break }
-                    claim = try await fetch(conn, poll: !readyWasEmpty)
+    /// The fetcher: the one task that takes jobs for this worker. It claims as many ready jobs as
+    /// there are free slots in one script call (on the shared `steps` connection), and when
+    /// `ready` is empty it waits in one `BLMOVE` on its own connection. Each claimed job runs as a
+    /// step task; a step task's commit claims the next ready job itself, so a busy worker needs the
+    /// fetcher only to fill free slots. The worker's Redis connections do not grow with its
+    /// concurrency: fetch, steps, control and crash marker.
+    func fetcher() async {
+        let conn = connection("fetch")
+        await withTaskGroup(of: Void.self) { stepTasks in
+            var poll = true
+            var failures = 0
+            while !Task.isCancelled, !stopping {
+                let free = await freeSlots()
+                guard free > 0 else { break }
+                do {
+                    var claimed: [Claim.Job] = []
+                    if poll {
+                        claimed = try await claimReady(count: min(free, 64))
+                    }
+                    if claimed.isEmpty {
+                        // `ready` was empty: wait for a job (the claim follows at once).
+                        let job = try await waitForJob(conn)
+                        poll = job != nil
+                        if let job { claimed = [job] }
+                    }
+                    for job in claimed {
+                        stepTasks.addTask { await self.runChain(job) }
+                    }
+                    failures = 0
+                } catch is CancellationError {
+                    break
+                } catch {
+                    failures += 1
+                    noteRedisError(error)
+                    if failures == 1 || failures % 20 == 0 {
+                        logger.warning("fetching jobs failed, retrying", metadata: [LogKeys.error: "\(error)"])
+                    }
+                    let delay = Duration.milliseconds(min(2000, 25 << min(failures, 7)))
+                    do { try await Task.sleep(for: delay) } catch { break }
                 }
-                readyWasEmpty = false
-                guard let claim else { continue }
-                (next, readyWasEmpty) = try await process(claim, on: conn)
-                failures = 0
-            } catch is CancellationError {
-                break
-            } catch {
-                failures += 1
-                noteRedisError(error)
-                if failures == 1 || failures % 20 == 0 {
-                    logger.warning("slot redis error, retrying", metadata: [LogKeys.error: "\(error)"])
-                }
-                let delay = Duration.milliseconds(min(2000, 25 << min(failures, 7)))
-                do { try await Task.sleep(for: delay) } catch { break }
             }
-        }
-        if let next {
-            // Claimed by the last commit but never started: give it back at once.
-            try? await release(next, reason: .shutdown)
-            leaveBusy()
+            await stepTasks.waitForAll()
         }
         await conn.close()
     }
 
-    /// Claims the next job: non-blocking first, then one `BLMOVE` with a bounded timeout. The
-    /// slot counts as busy from the claim on (``leaveBusy()`` ends it).
-    private func fetch(_ conn: RedisConnection, poll: Bool) async throws -> Claim? {
-        if poll {
-            try await enterBusy()
-            let reply: RESPValue
-            do {
-                reply = try await claim(jobID: nil)
-            } catch {
-                leaveBusy()
-                throw error
+    /// Free slots, once there is at least one and no quarantined step is waiting to run alone (0
+    /// when the worker stops or is cancelled).
+    private func freeSlots() async -> Int {
+        while !Task.isCancelled, !stopping {
+            let free = state.withLock { s in
+                (!s.soloQueue.isEmpty || s.soloRunning) ? 0 : configuration.concurrency - s.busy
             }
-            if !reply.isNull, let c = Claim(reply) {
-                if case .run = c { return c }
-                leaveBusy()
-                if case .unregistered = c { try await reRegister() }
-                return nil
-            }
-            leaveBusy()
+            if free > 0 { return free }
+            do { try await Task.sleep(for: .milliseconds(2)) } catch { return 0 }
         }
+        return 0
+    }
+
+    /// Takes up to `count` jobs from `ready` and claims them, in one script call; the slots of the
+    /// claims that run are counted busy.
+    private func claimReady(count: Int) async throws -> [Claim.Job] {
+        let reply = try await steps.run(
+            scripts.claim(
+                worker: workerID, jobID: nil, now: Dispatcher.nowMillis(), activeLimit: configuration.maxActiveSessions,
+                count: count),
+            coalesced: true)
+        state.withLock { $0.redisFull = false }
+        var jobs: [Claim.Job] = []
+        for item in reply.array ?? [] {
+            switch Claim(item) {
+            case .run(let job): jobs.append(job)
+            case .unregistered: try await reRegister()
+            default: break
+            }
+        }
+        state.withLock { $0.busy += jobs.count }
+        return jobs
+    }
+
+    /// One `BLMOVE` with a bounded timeout, then the claim of the job it moved; nil on timeout or
+    /// when the claim did not run it.
+    private func waitForJob(_ conn: RedisConnection) async throws -> Claim.Job? {
         // `BLMOVE ready inflight LEFT RIGHT timeout`: blocks server-side up to `blockTimeout`;
         // the socket timeout is raised by the same amount for this call.
         let popped = try await conn.send(
@@ -76,48 +99,48 @@ extension Worker {
         guard let jid = popped.string, !popped.isNull else { return nil }
         state.withLock { _ = $0.active.insert(jid) }
         defer { state.withLock { _ = $0.active.remove(jid) } }
-        try await enterBusy()
-        let claimed: Claim?
-        do {
-            claimed = Claim(try await claim(jobID: jid))
-        } catch {
-            leaveBusy()
-            throw error
-        }
-        switch claimed {
-        case .run: return claimed
+        let reply = try await steps.run(
+            scripts.claim(worker: workerID, jobID: jid, now: Dispatcher.nowMillis(), activeLimit: configuration.maxActiveSessions),
+            coalesced: true)
+        state.withLock { $0.redisFull = false }
+        switch Claim(reply) {
+        case .run(let job):
+            state.withLock { $0.busy += 1 }
+            return job
         case .unregistered:
-            leaveBusy()
             try await reRegister()
             return nil
         default:
-            leaveBusy()
             return nil
         }
     }
 
-    /// Runs the claim script for `jobID` (already in our in-flight list), or for the next ready
-    /// job when `jobID` is nil.
-    private func claim(jobID: String?) async throws -> RESPValue {
-        let reply = try await steps.run(
-            scripts.claim(
-                worker: workerID, jobID: jobID, now: Dispatcher.nowMillis(), activeLimit: configuration.maxActiveSessions),
-            coalesced: true)
-        state.withLock { $0.redisFull = false }
-        return reply
-    }
-
-    /// Waits while a quarantined step runs (or waits to run) alone, then counts this slot busy.
-    private func enterBusy() async throws {
-        while true {
-            let entered = state.withLock { s in
-                guard s.soloQueue.isEmpty, !s.soloRunning else { return false }
-                s.busy += 1
-                return true
+    /// Runs a claimed step, then each next step its commit claims, until a commit brings none;
+    /// the slot is busy throughout.
+    private func runChain(_ first: Claim.Job) async {
+        var next: Claim.Job? = first
+        var failures = 0
+        while let job = next {
+            next = nil
+            do {
+                let result = try await process(job)
+                if case .run(let n)? = result { next = n }
+                failures = 0
+            } catch is CancellationError {
+                break
+            } catch {
+                // The step's claim is left to the orphan scan, which releases it.
+                failures += 1
+                noteRedisError(error)
+                logger.warning("step could not be committed", metadata: [LogKeys.jobID: .string(job.jobID), LogKeys.error: "\(error)"])
             }
-            if entered { return }
-            try await Task.sleep(for: .milliseconds(5))
+            if let n = next, stopping || Task.isCancelled {
+                // Claimed by the last commit but never started: give it back at once.
+                try? await release(n, reason: .shutdown)
+                next = nil
+            }
         }
+        leaveBusy()
     }
 
     func leaveBusy() { state.withLock { $0.busy -= 1 } }
@@ -134,11 +157,8 @@ extension Worker {
         var attempts: Int?
     }
 
-    /// Runs one claimed step and commits it; returns the next claim when the commit brought one,
-    /// and whether the commit found `ready` empty. The slot is busy on entry and stays busy when
-    /// a next claim is returned.
-    private func process(_ claim: Claim, on conn: RedisConnection) async throws -> (next: Claim?, readyWasEmpty: Bool) {
-        guard case .run(let job) = claim else { return (nil, false) }
+    /// Runs one claimed step and commits it; returns the next claim when the commit brought one.
+    private func process(_ job: Claim.Job) async throws -> Claim? {
         state.withLock { _ = $0.active.insert(job.jobID) }
         defer { state.withLock { _ = $0.active.remove(job.jobID) } }
         var log = logger
@@ -147,9 +167,6 @@ extension Worker {
         log[metadataKey: LogKeys.step] = .stringConvertible(job.step)
         log[metadataKey: LogKeys.attempt] = .stringConvertible(job.attempt)
 
-        // The slot is busy until this step is committed, unless the commit brought the next claim.
-        var keepBusy = false
-        defer { if !keepBusy { leaveBusy() } }
         let agent = agents[job.agent]
         let maxAttempts = job.maxAttempts ?? agent?.maxAttempts ?? configuration.maxAttempts
         let outcome: Outcome
@@ -163,20 +180,18 @@ extension Worker {
                 deadReason: "poison", attempts: job.attempt - 1)
         } else {
             if job.quarantined {
-                try await runAlone(job, conn: conn, logger: log)
+                try await runAlone(job, logger: log)
                 solo = true
             }
-            outcome = try await run(job, agent: agent, maxAttempts: maxAttempts, claim: claim, conn: conn, logger: log)
+            outcome = try await run(job, agent: agent, maxAttempts: maxAttempts, logger: log)
         }
-        let result = try await commit(job, outcome: outcome, fetchNext: !solo, logger: log)
-        keepBusy = result.next != nil
-        return result
+        return try await commit(job, outcome: outcome, fetchNext: !solo, logger: log)
     }
 
     /// A step that was in flight with others when its worker crashed runs alone: this slot waits
     /// for the worker's other steps to end while no new ones start, then marks the run as solo in
     /// Redis, so a crash now is blamed on this step only.
-    private func runAlone(_ job: Claim.Job, conn: RedisConnection, logger: Logger) async throws {
+    private func runAlone(_ job: Claim.Job, logger: Logger) async throws {
         state.withLock { s in
             s.busy -= 1
             s.soloQueue.append(job.jobID)
@@ -202,10 +217,11 @@ extension Worker {
             throw error
         }
         do {
-            _ = try await conn.run(
+            _ = try await steps.run(
                 scripts.progress(
                     jobID: job.jobID, holder: job.holder, step: job.step, attempt: job.attempt, now: Dispatcher.nowMillis(),
-                    message: "running alone: it was in flight when its worker crashed", data: "null", solo: true))
+                    message: "running alone: it was in flight when its worker crashed", data: "null", solo: true),
+                coalesced: true)
         } catch {
             state.withLock { $0.soloRunning = false }
             throw error
@@ -214,12 +230,10 @@ extension Worker {
 
     /// Runs the agent's step as a child task that a session cancel can stop, and maps what it
     /// did to an outcome.
-    private func run(
-        _ job: Claim.Job, agent: (any Agent)?, maxAttempts: Int, claim: Claim, conn: RedisConnection, logger: Logger
-    ) async throws -> Outcome {
+    private func run(_ job: Claim.Job, agent: (any Agent)?, maxAttempts: Int, logger: Logger) async throws -> Outcome {
         let prepared: (any Agent, JSONValue, JSONValue, StepContext)
         do {
-            prepared = try prepare(job, agent: agent, logger: logger, conn: conn)
+            prepared = try prepare(job, agent: agent, logger: logger)
         } catch {
             logger.warning("step cannot run, dead-lettered", metadata: [LogKeys.error: "\(error)"])
             return Outcome(kind: .dead, state: job.state, payload: "\(error)", deadReason: "invalid job")
@@ -250,7 +264,7 @@ extension Worker {
         case .failure where shuttingDown && !sessionCancelled:
             // Shutdown: give the step back unfinished; the next delivery does not count it. (An
             // agent that throws CancellationError on its own is an ordinary failure, retried.)
-            try? await release(claim, reason: .shutdown)
+            try? await release(job, reason: .shutdown)
             throw CancellationError()
         case .failure(let error):
             if sessionCancelled {
@@ -299,7 +313,7 @@ extension Worker {
 
     /// Decodes what a step needs; throws for a job that can never run (unknown agent, corrupt
     /// state document).
-    private func prepare(_ job: Claim.Job, agent: (any Agent)?, logger: Logger, conn: RedisConnection) throws -> (
+    private func prepare(_ job: Claim.Job, agent: (any Agent)?, logger: Logger) throws -> (
         any Agent, JSONValue, JSONValue, StepContext
     ) {
         guard let agent else {
@@ -311,6 +325,7 @@ extension Worker {
         let input = try JSONValue(parsing: job.input, what: "step input")
         let options = try JSONValue(parsing: job.options, what: "session options")
         let scripts = self.scripts
+        let conn = steps
         let context = StepContext(
             sessionID: sessionID, jobID: job.jobID, step: job.step, attempt: job.attempt, options: options,
             logger: logger,
@@ -320,7 +335,7 @@ extension Worker {
                     message: message, data: data.jsonString, solo: false)
                 let reply: RESPValue
                 do {
-                    reply = try await conn.run(call)
+                    reply = try await conn.run(call, coalesced: true)
                 } catch  where error.isRedisOutOfMemory {
                     // Progress is best effort: a full Redis drops it rather than failing the step.
                     logger.debug("progress event dropped: redis is out of memory")
@@ -337,9 +352,7 @@ extension Worker {
     /// Commits a step. A commit whose reply is lost (a broken connection, Redis out of memory) is
     /// sent again until Redis answers: the script recognises its own token and answers the same
     /// status without applying twice.
-    private func commit(_ job: Claim.Job, outcome: Outcome, fetchNext wantNext: Bool, logger: Logger) async throws -> (
-        next: Claim?, readyWasEmpty: Bool
-    ) {
+    private func commit(_ job: Claim.Job, outcome: Outcome, fetchNext wantNext: Bool, logger: Logger) async throws -> Claim? {
         var failures = 0
         while true {
             let fetchNext = wantNext && !stopping && !Task.isCancelled && !soloPending
@@ -377,22 +390,21 @@ extension Worker {
             }
             if parts.count > 3, let next = Claim(parts[3]) {
                 switch next {
-                case .run: return (next, false)
+                case .run: return next
                 case .unregistered:
                     try await reRegister()
-                    return (nil, false)
-                case .skip: return (nil, false)
+                    return nil
+                case .skip: return nil
                 }
             }
-            return (nil, fetchNext)
+            return nil
         }
     }
 
     /// A quarantined step waits to run, or runs, alone: claim nothing more meanwhile.
     private var soloPending: Bool { state.withLock { !$0.soloQueue.isEmpty || $0.soloRunning } }
 
-    func release(_ claim: Claim, reason: ScriptCalls.ReleaseReason) async throws {
-        guard case .run(let job) = claim else { return }
+    func release(_ job: Claim.Job, reason: ScriptCalls.ReleaseReason) async throws {
         _ = try await steps.run(
             scripts.release(
                 worker: workerID, jobID: job.jobID, holder: job.holder, reason: reason, now: Dispatcher.nowMillis(),

@@ -1,3 +1,4 @@
+import CHiredis
 import Foundation
 
 /// A serial executor that runs every job on one dedicated OS thread.
@@ -17,7 +18,12 @@ public final class ThreadExecutor: SerialExecutor, @unchecked Sendable {
     /// - Parameter name: the thread's name, visible in debuggers and `top -H`.
     public init(name: String) {
         // The thread keeps the executor alive until `shutdown()` lets `runLoop` return.
-        let thread = Thread { self.runLoop() }
+        let osName = String(name.utf8.prefix(15)) ?? "redis"
+        let thread = Thread {
+            // The OS-level name (15 bytes on Linux), as `top -H` and /proc/<pid>/task/*/comm show it.
+            chiredis_name_this_thread(osName)
+            self.runLoop()
+        }
         thread.name = name
         thread.stackSize = 1 << 20
         thread.start()

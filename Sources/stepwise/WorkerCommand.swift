@@ -77,6 +77,12 @@ struct WorkerCommand: AsyncParsableCommand {
         }
     }
 
+    /// Connects once and lets the connection (and its thread) go at once.
+    private func probeRedis(logger: Logger) async throws {
+        let probe = try await connection.connect(name: "stepwise:probe", logger: logger)
+        await probe.close()
+    }
+
     func run() async throws {
         let logger = connection.makeLogger(label: "stepwise.worker", defaultLevel: .info)
         let ttl = try seconds(heartbeatTTL, flag: "--heartbeat-ttl", min: 1)
@@ -91,8 +97,7 @@ struct WorkerCommand: AsyncParsableCommand {
             maxRetryDelay: try seconds(maxRetryDelay, flag: "--max-retry-delay", min: retryDelay),
             maxActiveSessions: maxActiveSessions, maxStateBytes: maxStateBytes, strict: strict)
         // Fail fast, with one clear line, when Redis is unreachable.
-        let probe = try await connection.connect(name: "stepwise:probe", logger: logger)
-        await probe.close()
+        try await probeRedis(logger: logger)
         let worker = Worker(
             configuration: config, redis: connection.redisConfiguration(name: "stepwise"), keys: connection.keys,
             agents: .builtIn, logger: logger)

@@ -31,7 +31,15 @@ struct ProtocolDriver {
     /// Runs the claim script; `jobID` nil claims from `ready` inside the script.
     func claim(_ worker: String, _ jobID: String? = nil) async throws -> Claim? {
         let reply = try await conn.run(scripts.claim(worker: worker, jobID: jobID, now: now, activeLimit: 0))
-        return reply.isNull ? nil : Claim(reply)
+        guard jobID == nil else { return Claim(reply) }
+        // From `ready`: a list of claims (one job asked for).
+        return reply.array?.first.flatMap(Claim.init)
+    }
+
+    /// Takes up to `count` jobs from `ready` in one claim call; one reply per job taken.
+    func claimAll(_ worker: String, count: Int) async throws -> [Claim] {
+        let reply = try await conn.run(scripts.claim(worker: worker, jobID: nil, now: now, activeLimit: 0, count: count))
+        return reply.array?.compactMap(Claim.init) ?? []
     }
 
     /// Claims the next ready job and expects to run it.
