@@ -262,13 +262,13 @@ extension Worker {
                 return Outcome(kind: .retry, state: job.state, payload: "\(error)")
             }
             if job.failures + 1 >= maxAttempts {
-                logger.warning("step failed on its last attempt, dead-lettered", metadata: [LogKeys.error: "\(error)"])
+                logger.warning("step failed on its last attempt, dead-lettered", metadata: [LogKeys.error: PayloadLogging.loggable(stepError: error)])
                 return Outcome(kind: .dead, state: job.state, payload: "\(error)", deadReason: "attempts exhausted")
             }
             let delay = configuration.retryDelay(afterAttempt: job.failures + 1)
             logger.info(
                 "step failed, will retry",
-                metadata: [LogKeys.error: "\(error)", "stepwise.retry_ms": .stringConvertible(delay.milliseconds)])
+                metadata: [LogKeys.error: PayloadLogging.loggable(stepError: error), "stepwise.retry_ms": .stringConvertible(delay.milliseconds)])
             return Outcome(kind: .retry, state: job.state, payload: "\(error)", retryDelay: delay)
         }
     }

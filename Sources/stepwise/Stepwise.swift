@@ -34,13 +34,26 @@ struct Stepwise: AsyncParsableCommand {
 }
 
 /// Connection and namespace options shared by every subcommand.
+///
+/// The Redis password is never a default shown by `--help` (the URL's default comes from
+/// `REDIS_URL` at run time, not at parse time) and never appears in an error message
+/// (``RedisEndpoint/redacted(_:)``).
 struct ConnectionOptions: ParsableArguments {
+    static let defaultRedisURL = "redis://127.0.0.1:6379"
+
     @Option(
         name: .customLong("redis"),
         help: ArgumentHelp(
-            "Redis URL: redis://[user:password@]host:port[/db] or unix:///path.sock (env REDIS_URL).",
+            "Redis URL: redis://[user[:password]@]host:port[/db] or unix:///path.sock (default: $REDIS_URL, else \(defaultRedisURL)). A password given here shows in ps: prefer REDIS_URL or --redis-password-file.",
             valueName: "url"))
-    var redisURL: String = ProcessInfo.processInfo.environment["REDIS_URL"] ?? "redis://127.0.0.1:6379"
+    var redisFlag: String?
+
+    @Option(
+        name: .customLong("redis-password-file"),
+        help: ArgumentHelp(
+            "File holding the Redis password, one line (default: $REDIS_PASSWORD_FILE). The URL then names only the user: redis://worker@host:6379.",
+            valueName: "path"))
+    var passwordFileFlag: String?
 
     @Option(help: "Key namespace: every key starts with '<namespace>:' (env STEPWISE_NAMESPACE).")
     var namespace: String = ProcessInfo.processInfo.environment["STEPWISE_NAMESPACE"] ?? "sw"
@@ -48,19 +61,78 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default: info for worker, warning otherwise).")
     var logLevel: String?
 
+    /// The Redis URL: `--redis`, else `$REDIS_URL`, else the local default. Setting it sets `--redis`.
+    var redisURL: String {
+        get {
+            if let redisFlag { return redisFlag }
+            if let env = ProcessInfo.processInfo.environment["REDIS_URL"], !env.isEmpty { return env }
+            return Self.defaultRedisURL
+        }
+        set { redisFlag = newValue }
+    }
+
+    /// The password file: `--redis-password-file`, else `$REDIS_PASSWORD_FILE` (when not empty).
+    var passwordFile: String? {
+        if let passwordFileFlag { return passwordFileFlag }
+        if let env = ProcessInfo.processInfo.environment["REDIS_PASSWORD_FILE"], !env.isEmpty { return env }
+        return nil
+    }
+
     func validate() throws {
-        do { _ = try RedisEndpoint(parsing: redisURL) } catch { throw ValidationError("--redis: \(error)") }
+        _ = try resolvedEndpoint()
         do { _ = try KeySpace(namespace: namespace) } catch { throw ValidationError("--namespace: \(error)") }
         if let logLevel, Logger.Level(rawValue: logLevel) == nil {
             throw ValidationError("--log-level '\(logLevel)' is unknown: use trace, debug, info, notice, warning, error or critical")
         }
     }
 
-    var endpoint: RedisEndpoint { (try? RedisEndpoint(parsing: redisURL)) ?? RedisEndpoint(address: .tcp(host: "127.0.0.1", port: 6379)) }
+    /// The endpoint with the password file applied; errors never show the password.
+    func resolvedEndpoint() throws -> RedisEndpoint {
+        let password = try passwordFile.map(Self.readPassword(file:))
+        do { return try RedisEndpoint(parsing: redisURL, password: password) } catch {
+            throw ValidationError("--redis: \(error)")
+        }
+    }
+
+    /// Reads a password file: one line, UTF-8, not empty; one trailing newline is dropped.
+    static func readPassword(file path: String) throws -> String {
+        let flag = "--redis-password-file (or REDIS_PASSWORD_FILE)"
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw ValidationError("\(flag): \(path) does not exist")
+        }
+        guard !isDirectory.boolValue else { throw ValidationError("\(flag): \(path) is a directory, not a file") }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ValidationError("\(flag): \(path) is not readable by this user")
+        }
+        guard var text = String(data: data, encoding: .utf8) else {
+            throw ValidationError("\(flag): \(path) is not UTF-8 text")
+        }
+        if text.hasSuffix("\r\n") {
+            text.removeLast(2)
+        } else if text.hasSuffix("\n") {
+            text.removeLast()
+        }
+        guard !text.isEmpty else { throw ValidationError("\(flag): \(path) is empty: write the password on its first line") }
+        guard !text.contains(where: \.isNewline) else {
+            throw ValidationError("\(flag): \(path) holds more than one line: write only the password")
+        }
+        return text
+    }
+
+    var endpoint: RedisEndpoint { (try? resolvedEndpoint()) ?? RedisEndpoint(address: .tcp(host: "127.0.0.1", port: 6379)) }
     var keys: KeySpace { (try? KeySpace(namespace: namespace)) ?? (try! KeySpace()) }
 
     func redisConfiguration(name: String) -> RedisConnection.Configuration {
         RedisConnection.Configuration(endpoint: endpoint, clientName: name)
+    }
+
+    /// What child processes (loadtest workers) need in their environment to connect as this
+    /// process does, without a password on their command line.
+    var childEnvironment: [String: String] {
+        var env = ["REDIS_URL": redisURL]
+        if let passwordFile { env["REDIS_PASSWORD_FILE"] = passwordFile }
+        return env
     }
 
     /// Bootstraps logging once per process, to stderr.
@@ -86,8 +158,16 @@ struct ConnectionOptions: ParsableArguments {
 func reportingFailures<T>(_ body: () async throws -> T) async throws -> T {
     do {
         return try await body()
+    } catch let error as RedisError where error.code == .rejected {
+        printError(
+            "Redis at \(error.address) refused this client: \(error.message) (check the user and password: --redis or REDIS_URL, --redis-password-file or REDIS_PASSWORD_FILE; users: deploy/users.acl)")
+        throw ExitCode.failure
     } catch let error as RedisError {
         printError("cannot reach Redis at \(error.address): \(error.message) (check --redis or REDIS_URL, and that redis-server runs)")
+        throw ExitCode.failure
+    } catch let error as RedisServerError where error.isPermissionDenied {
+        printError(
+            "the Redis user may not do this: \(error.message) (each role needs its own user: see deploy/users.acl and docs/SECURITY.md)")
         throw ExitCode.failure
     } catch let error as StepwiseError {
         printError(error.message)
