@@ -313,7 +313,9 @@ public actor RedisConnection {
             throw RedisError(.connectionRefused, "cannot connect: \(message)", address: address)
         }
         redisSetTimeout(ctx, chiredis_timeval_ms(config.commandTimeout.milliseconds))
-        redisEnableKeepAlive(ctx)
+        // TCP keep-alive only over TCP: on a unix socket hiredis 0.14.1 fails to set TCP_KEEPIDLE
+        // (EOPNOTSUPP) and marks the context as failed, so no command could ever be sent.
+        if case .tcp = config.endpoint.address { redisEnableKeepAlive(ctx) }
         context = ctx
         var setup: [[RedisArgument]] = []
         if let password = config.endpoint.password {

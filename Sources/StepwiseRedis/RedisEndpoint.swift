@@ -74,7 +74,9 @@ public struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
             return
         }
         if url.hasPrefix("rediss://") {
-            throw ParseError("'\(shown)': TLS (rediss://) is not supported by hiredis 0.14.1; use redis:// or unix:// (TLS: stunnel, see docs/SECURITY.md)")
+            throw ParseError(
+                "'\(shown)': TLS (rediss://) is not supported by hiredis 0.14.1; use redis:// or unix:// "
+                    + "(TLS: stunnel, see docs/SECURITY.md)")
         }
         guard url.hasPrefix("redis://") else {
             throw ParseError("invalid Redis URL '\(shown)': \(hint)")

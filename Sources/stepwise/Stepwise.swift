@@ -160,7 +160,8 @@ func reportingFailures<T>(_ body: () async throws -> T) async throws -> T {
         return try await body()
     } catch let error as RedisError where error.code == .rejected {
         printError(
-            "Redis at \(error.address) refused this client: \(error.message) (check the user and password: --redis or REDIS_URL, --redis-password-file or REDIS_PASSWORD_FILE; users: deploy/users.acl)")
+            "Redis at \(error.address) refused this client: \(error.message) (check the user and password: --redis or "
+                + "REDIS_URL, --redis-password-file or REDIS_PASSWORD_FILE; users: deploy/users.acl)")
         throw ExitCode.failure
     } catch let error as RedisError {
         printError("cannot reach Redis at \(error.address): \(error.message) (check --redis or REDIS_URL, and that redis-server runs)")

@@ -114,7 +114,8 @@ struct WorkerCommand: AsyncParsableCommand {
         let payloads = payloadLogging
         if payloads.enabled {
             logger.warning(
-                "--log-payloads is on: step inputs, states, results and errors go to the logs (masked: \(payloads.maskedFields.joined(separator: ",")))")
+                "--log-payloads is on: step inputs, states, results and errors go to the logs",
+                metadata: ["stepwise.masked_fields": .string(payloads.maskedFields.joined(separator: ","))])
         }
         let worker = Worker(
             configuration: config, redis: connection.redisConfiguration(name: "stepwise"), keys: connection.keys,
@@ -157,12 +158,14 @@ struct WorkerCommand: AsyncParsableCommand {
             return try await body()
         } catch let error as RedisError where error.code == .rejected {
             printError(
-                "Redis at \(error.address) refused the worker: \(error.message) (check the user and password: --redis or REDIS_URL, --redis-password-file or REDIS_PASSWORD_FILE)")
+                "Redis at \(error.address) refused the worker: \(error.message) (check the user and password: --redis or "
+                    + "REDIS_URL, --redis-password-file or REDIS_PASSWORD_FILE)")
             throw Self.configurationFailure
         } catch let error as RedisServerError where error.isPermissionDenied {
             let user = connection.endpoint.username.map { "'\($0)'" } ?? "default"
             printError(
-                "the Redis user \(user) lacks a permission every worker needs: \(error.message); run workers as the worker user of deploy/users.acl (docs/SECURITY.md)")
+                "the Redis user \(user) lacks a permission every worker needs: \(error.message); "
+                    + "run workers as the worker user of deploy/users.acl (docs/SECURITY.md)")
             throw Self.configurationFailure
         }
     }
