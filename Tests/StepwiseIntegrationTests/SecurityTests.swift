@@ -154,6 +154,10 @@ struct SecurityTests {
         #expect(hang.status == 0, "\(hang.stderr)")
         let cancel = try await runBinary(["cancel", "acl2", "--reason", "test"], environment: gatewayEnv)
         #expect(cancel.status == 0, "gateway cancel: \(cancel.stderr)")
+        // A step that throws once: the worker retries it (delayed set, promote script).
+        let retried = try await runBinary(
+            ["submit", "--session", "acl5", "--agent", "fault", "--input", #"{"fault":"throw-once"}"#, "--wait"], environment: gatewayEnv)
+        #expect(retried.status == 0 && retried.stdout.contains("step.retrying"), "\(retried.stdout) \(retried.stderr)")
 
         // The admin user submits a step that dead-letters, and retries and purges dead letters.
         let admin = acl.arguments("admin")
@@ -187,7 +191,6 @@ struct SecurityTests {
             opSubmit.status == 1 && opSubmit.stderr.contains("may not do this") && opSubmit.stderr.contains("NOPERM"), "\(opSubmit.stderr)")
         let opRetry = try await runBinary(["dead", "retry", deadJob] + op)
         #expect(opRetry.status == 1 && opRetry.stderr.contains("NOPERM"), "\(opRetry.stderr)")
-        // The gateway may not retry dead letters either (the dead-letter script's commands stay the admin's).
         let retry = try await runBinary(["dead", "purge", deadJob] + admin)
         #expect(retry.status == 0, "admin dead purge: \(retry.stderr)")
 
@@ -227,9 +230,37 @@ struct SecurityTests {
         let clients = try await root.send(["CLIENT", "LIST"]).string ?? ""
         await root.close()
         #expect(clients.contains("name=stepwise:acl-w:"), "\(clients)")
-        #expect(await worker.stop() == 0, "worker exits 0: \(worker.output.suffix(1000))")
+
+        // Recovery as the worker user: the worker dies (kill -9) holding a step, and another
+        // worker's reaper recovers it and runs it.
+        let held = try await runBinary(
+            ["submit", "--session", "acl6", "--agent", "fault", "--input", #"{"fault":"hang","ms":1000}"#], environment: gatewayEnv)
+        #expect(held.status == 0, "\(held.stderr)")
+        let root2 = acl.connection("testroot")
+        let running = await eventually(timeout: .seconds(10)) {
+            (try? await root2.send(["HGET", "sw:s:{acl6}", "status"]))?.string == "running"
+        }
+        #expect(running, "the step runs on the first worker")
+        worker.signal(SIGKILL)
+        _ = await worker.wait(timeout: .seconds(5))
+        let rescuer = try ChildProcess(
+            binary: binary,
+            arguments: ["worker", "--concurrency", "1", "--worker-id", "acl-w2", "--heartbeat-ttl", "2", "--reaper-interval", "0.5"]
+                + acl.arguments("worker"))
+        defer { if rescuer.isRunning { rescuer.signal(SIGKILL) } }
+        let recovered = await eventually(timeout: .seconds(20), interval: .milliseconds(100)) {
+            (try? await root2.send(["HGET", "sw:s:{acl6}", "steps"]))?.int == 1
+        }
+        #expect(recovered, "the reaper recovered the step as the worker user: \(rescuer.output.suffix(2000))")
+        let stats = try await root2.send(["HGET", "sw:stats", "reaped"])
+        #expect((stats.int ?? 0) >= 1, "reaped: \(stats)")
+        await root2.close()
+        #expect(await rescuer.stop() == 0, "worker exits 0: \(rescuer.output.suffix(1000))")
         let everything =
-            [clients, worker.output, submit.stdout, submit.stderr, status.stderr, queue.stdout, opSubmit.stderr, show.stderr]
+            [
+                clients, worker.output, rescuer.output, submit.stdout, submit.stderr, status.stderr, queue.stdout, opSubmit.stderr,
+                show.stderr,
+            ]
             .joined(separator: "\n")
         for (role, password) in acl.passwords where role != "testroot" {
             #expect(!everything.contains(password), "the \(role) password shows somewhere")
