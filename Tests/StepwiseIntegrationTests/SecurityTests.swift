@@ -199,7 +199,10 @@ struct SecurityTests {
         // touch worker keys.
         for role in ["worker", "gateway", "operator", "admin"] {
             let conn = acl.connection(role)
-            for command: [RedisArgument] in [["FLUSHALL"], ["CONFIG", "GET", "*"], ["KEYS", "*"], ["SET", "other:x", "1"]] {
+            for command: [RedisArgument] in [
+                ["FLUSHALL"], ["CONFIG", "GET", "*"], ["KEYS", "*"], ["SET", "other:x", "1"], ["SCRIPT", "FLUSH"],
+                ["FUNCTION", "FLUSH"], ["MONITOR"], ["SLOWLOG", "GET"], ["ACL", "LIST"], ["CLIENT", "KILL", "ID", "1"],
+            ] {
                 let reply = try await conn.send(command)
                 guard case .error(let message) = reply else {
                     Issue.record("\(role) may run \(command.map { String(decoding: $0.bytes, as: UTF8.self) })")
