@@ -29,7 +29,37 @@ struct Stepwise: AsyncParsableCommand {
                 Foundation.exit(ExitCode.validationFailure.rawValue)
             }
         }
-        await main(nil)
+        // As `main(nil)` does, except that argument-parser's messages pass through
+        // `redactingCredentials`: it quotes unexpected arguments, and one may be a Redis URL.
+        do {
+            var command = try parseAsRoot(nil)
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let code = exitCode(for: error)
+            let message = redactingCredentials(fullMessage(for: error))
+            if !message.isEmpty {
+                let handle = code == .success ? FileHandle.standardOutput : FileHandle.standardError
+                handle.write(Data((message + "\n").utf8))
+            }
+            Foundation.exit(code.rawValue)
+        }
+    }
+
+    /// `text` with every command-line argument (or `--option=value` value) that looks like a URL
+    /// with credentials replaced by its redacted form (``RedisEndpoint/redacted(_:)``).
+    static func redactingCredentials(_ text: String, arguments: [String] = CommandLine.arguments) -> String {
+        var text = text
+        for argument in arguments.dropFirst() {
+            let candidates = [argument] + argument.split(separator: "=", maxSplits: 1).dropFirst().map(String.init)
+            for candidate in candidates where candidate.contains("://") && candidate.contains("@") {
+                text = text.replacingOccurrences(of: candidate, with: RedisEndpoint.redacted(candidate))
+            }
+        }
+        return text
     }
 }
 

@@ -50,11 +50,14 @@ struct SecurityTests {
             (["status", "s", "--redis", "redis://\(password)@host/x"], [:]),
             (["status", "s", "--redis", "redis://u:\(password)%zz@host"], [:]),
             (["status", "s", "--redis", password], [:]),
+            // argument-parser quotes unexpected arguments: a URL among them is redacted too.
+            (["status", "s", "y", "redis://worker:\(password)@host"], [:]),
+            (["queue", "--json=redis://worker:\(password)@host"], [:]),
         ]
         for c in bad {
             let r = try await runBinary(c.args, environment: c.env)
             #expect(r.status == 64, "\(c.args): \(r.stderr)")
-            #expect(r.stderr.contains("--redis"), "\(r.stderr)")
+            #expect(r.stderr.contains("--redis") || r.stderr.contains("redis://worker:***@host"), "\(r.stderr)")
             #expect(!(r.stdout + r.stderr).contains(password), "the error shows the password: \(r.stderr)")
         }
         // A password file with a URL that carries a password too is refused, naming neither value.
