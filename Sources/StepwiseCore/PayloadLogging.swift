@@ -5,9 +5,9 @@ import Logging
 /// By default nothing: inputs, states, results, progress data and the text of errors a step
 /// throws (which may quote any of them) never reach a log line at any level; logs name the job,
 /// session, step, attempt and the error's type only. For debugging, ``enabled`` (the worker's
-/// `--log-payloads`) wraps every agent in one that logs each step's input, state and result at
-/// `info`, with the values of ``maskedFields`` replaced by `"***"`, and the full text of what a
-/// step throws.
+/// `--log-payloads`) wraps every agent in one that logs each step's input, state, progress data
+/// and result at `info`, with the values of ``maskedFields`` replaced by `"***"`, and the full
+/// text of what a step throws.
 public struct PayloadLogging: Sendable, Hashable {
     /// Object keys whose values are masked when their lowercased name contains one of these.
     public static let defaultMaskedFields = [
@@ -76,8 +76,20 @@ struct PayloadLoggingAgent: Agent {
                 "stepwise.input": .string(logging.masked(input).jsonString),
                 "stepwise.state": .string(logging.masked(state).jsonString),
             ])
+        // Progress events too: their data is logged masked, then published as usual.
+        let logging = self.logging
+        let publish = context.emitter
+        let logged = StepContext(
+            sessionID: context.sessionID, jobID: context.jobID, step: context.step, attempt: context.attempt,
+            options: context.options, logger: logger,
+            emitter: { message, data in
+                logger.info(
+                    "step progress (--log-payloads)",
+                    metadata: ["stepwise.message": .string(message), "stepwise.data": .string(logging.masked(data).jsonString)])
+                try await publish(message, data)
+            })
         do {
-            let result = try await base.step(state: state, input: input, context: context)
+            let result = try await base.step(state: state, input: input, context: logged)
             let outcome: String
             switch result.outcome {
             case .next(let v): outcome = "next " + logging.masked(v).jsonString

@@ -385,10 +385,17 @@ struct SecurityTests {
         let input = "{\"note\":\"\(visible)\",\"Password\":\"\(password)\",\"deep\":[{\"user_pin\":\"\(custom)\"}]}"
         let r = try await runBinary(["submit", "--session", "lp1", "--agent", "echo", "--input", input, "--wait"] + common)
         #expect(r.status == 0, "\(r.stderr)")
+        // Progress data is logged too (the quiz plans its questions in a progress event).
+        let topic = Self.marker("TOPIC")
+        let quiz = try await runBinary(
+            ["submit", "--session", "lp2", "--agent", "quiz", "--input", "{\"topic\":\"\(topic)\",\"questions\":1}", "--wait"]
+                + common)
+        #expect(quiz.status == 0, "\(quiz.stderr)")
         #expect(await worker.stop() == 0)
         let log = worker.output
         #expect(log.contains("--log-payloads is on"), "a warning says payloads are logged")
         #expect(log.contains(visible), "the payload is logged: \(log.suffix(2000))")
+        #expect(log.contains("step progress (--log-payloads)") && log.contains(topic), "progress data is logged")
         #expect(log.contains("***"), "masked fields show as ***")
         #expect(!log.contains(password) && !log.contains(custom), "masked fields never show: \(log.suffix(2000))")
     }
@@ -426,6 +433,7 @@ struct SecurityTests {
                 "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key,
                 "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
             ])
+        defer { if openssl.isRunning { openssl.signal(SIGKILL) } }
         #expect(await openssl.wait(timeout: .seconds(20)) == 0, "openssl: \(openssl.output)")
 
         let tlsPort = try RedisServerProcess.freeLoopbackPort()
