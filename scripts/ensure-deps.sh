@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Stepwise needs from Debian when it is missing: hiredis headers, redis-server,
-# redis-tools (redis-cli, redis-benchmark) and pkg-config. Idempotent; needs root to install.
+# redis-tools (redis-cli, redis-benchmark), pkg-config, and stunnel4 and openssl (the TLS recipe
+# of docs/SECURITY.md and its test). Idempotent; needs root to install.
 set -euo pipefail
 missing=()
 pkg-config --exists hiredis 2>/dev/null || missing+=(libhiredis-dev)
@@ -8,6 +9,8 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v redis-benchmark >/dev/null || missing+=(redis-tools)
+command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing+=(stunnel4)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
   echo "error: missing packages: ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2
@@ -16,5 +19,6 @@ fi
 echo "installing ${missing[*]} with apt-get" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
 # Debian starts a system redis-server on 6379 after install; Stepwise's scripts start their own.
+# stunnel4 ships a disabled stunnel4.service; nothing starts until a configuration is given.

@@ -15,5 +15,6 @@ if [ -z "$url" ]; then
   url="redis://127.0.0.1:$port"
 fi
 echo "# $(date -u +%Y-%m-%dT%H:%MZ)  $(uname -srm)  $(nproc) cores  $(redis-server --version | cut -d' ' -f3)  load: $(cut -d' ' -f1-3 /proc/loadavg)"
-"$bin" loadtest --redis "$url" --workers "${WORKERS:-1,2,4,8}" --sessions "${SESSIONS:-800}" --steps "${STEPS:-40}" \
+# The URL goes in the environment, not on the command line, so a password in it never shows in ps.
+REDIS_URL="$url" "$bin" loadtest --workers "${WORKERS:-1,2,4,8}" --sessions "${SESSIONS:-800}" --steps "${STEPS:-40}" \
   --step-ms "${STEP_MS:-50}" --concurrency "${CONCURRENCY:-50}" --out "$out" "$@"

@@ -10,5 +10,8 @@ swift build --build-tests
 port=$(scripts/redis-local.sh start "$dir")
 echo "test redis-server on 127.0.0.1:$port (pid $(cat "$dir/redis.pid"))"
 export STEPWISE_TEST_REDIS_URL="redis://127.0.0.1:$port"
+# A password file or payload logging from the caller's shell would leak into every command the
+# tests run; the tests set what they need themselves.
+unset REDIS_PASSWORD_FILE STEPWISE_LOG_PAYLOADS
 export STEPWISE_BIN="$(swift build --show-bin-path)/stepwise"
 swift test --skip-build "$@"

@@ -36,7 +36,8 @@ public struct CounterAgent: Agent {
 ///
 /// Each input is recorded like `counter` does (state `{"count": N, "inputs": [...]}`), unless the
 /// input's `fault` field asks for trouble first:
-/// - `"throw"`: throws on every attempt (retried, then dead-lettered);
+/// - `"throw"`: throws on every attempt (retried, then dead-lettered), quoting the input's
+///   `message` in the error's text when it has one (as an agent that quotes its input would);
 /// - `"throw-once"`: throws on attempt 1 only;
 /// - `"crash"`: crashes its own worker process (a trap, as a failed precondition would) on every
 ///   delivery: a poison step;
@@ -58,7 +59,8 @@ public struct FaultAgent: Agent {
     public func step(state: JSONValue, input: JSONValue, context: StepContext) async throws -> StepResult {
         switch input["fault"]?.stringValue {
         case "throw":
-            throw InjectedFault(description: "injected fault (attempt \(context.attempt))")
+            let detail = input["message"]?.stringValue.map { ": " + $0 } ?? ""
+            throw InjectedFault(description: "injected fault (attempt \(context.attempt))\(detail)")
         case "throw-once" where context.attempt == 1:
             throw InjectedFault(description: "injected fault on the first attempt")
         case "crash":

@@ -275,14 +275,16 @@ extension Worker {
                 // Another worker has the step now: whatever we commit is rejected as stale.
                 return Outcome(kind: .retry, state: job.state, payload: "\(error)")
             }
+            // The error's text may quote session data: logs get its type only (PayloadLogging).
+            let loggedError = PayloadLogging.loggable(stepError: error)
             if job.failures + 1 >= maxAttempts {
-                logger.warning("step failed on its last attempt, dead-lettered", metadata: [LogKeys.error: "\(error)"])
+                logger.warning("step failed on its last attempt, dead-lettered", metadata: [LogKeys.error: loggedError])
                 return Outcome(kind: .dead, state: job.state, payload: "\(error)", deadReason: "attempts exhausted")
             }
             let delay = configuration.retryDelay(afterAttempt: job.failures + 1)
             logger.info(
                 "step failed, will retry",
-                metadata: [LogKeys.error: "\(error)", "stepwise.retry_ms": .stringConvertible(delay.milliseconds)])
+                metadata: [LogKeys.error: loggedError, "stepwise.retry_ms": .stringConvertible(delay.milliseconds)])
             return Outcome(kind: .retry, state: job.state, payload: "\(error)", retryDelay: delay)
         }
     }

@@ -83,3 +83,23 @@ public struct RedisArgument: Sendable, Hashable, ExpressibleByStringLiteral, Exp
     public init(stringLiteral value: String) { self.init(value) }
     public init(integerLiteral value: Int) { self.init(value) }
 }
+
+extension RESPValue: CustomStringConvertible {
+    /// The reply's shape, never the content of a bulk string: `bulk(12 bytes)`, `array(3)[…]`.
+    ///
+    /// Bulk strings carry session data (states, inputs, results), so an error message that shows
+    /// an unexpected reply (`"… returned \(reply)"`) must not print them. Simple strings, error
+    /// replies and integers are shown as they are: Redis writes those itself.
+    public var description: String {
+        switch self {
+        case .simple(let s): return "simple(\(s))"
+        case .error(let e): return "error(\(e))"
+        case .integer(let i): return "integer(\(i))"
+        case .bulk(let b): return "bulk(\(b.count) bytes)"
+        case .null: return "null"
+        case .array(let items):
+            let shown = items.prefix(8).map(\.description).joined(separator: ", ")
+            return "array(\(items.count))[\(shown)\(items.count > 8 ? ", …" : "")]"
+        }
+    }
+}

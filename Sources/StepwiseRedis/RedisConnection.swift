@@ -86,7 +86,8 @@ public actor RedisConnection {
 
     /// Connects now (if not connected), so that an unreachable server is reported early.
     ///
-    /// - Throws: ``RedisError`` with code ``RedisError/Code/connectionRefused`` naming the address.
+    /// - Throws: ``RedisError`` with code ``RedisError/Code/connectionRefused`` naming the address,
+    ///   or ``RedisError/Code/rejected`` when the server refuses `AUTH`, `SELECT` or `CLIENT SETNAME`.
     public func connect() async throws {
         try await ensureConnected()
     }
@@ -312,7 +313,9 @@ public actor RedisConnection {
             throw RedisError(.connectionRefused, "cannot connect: \(message)", address: address)
         }
         redisSetTimeout(ctx, chiredis_timeval_ms(config.commandTimeout.milliseconds))
-        redisEnableKeepAlive(ctx)
+        // TCP keep-alive only over TCP: on a unix socket hiredis 0.14.1 fails to set TCP_KEEPIDLE
+        // (EOPNOTSUPP) and marks the context as failed, so no command could ever be sent.
+        if case .tcp = config.endpoint.address { redisEnableKeepAlive(ctx) }
         context = ctx
         var setup: [[RedisArgument]] = []
         if let password = config.endpoint.password {
@@ -336,7 +339,8 @@ public actor RedisConnection {
             if case .error(let message) = reply {
                 close()
                 let name = String(decoding: command[0].bytes, as: UTF8.self)
-                throw RedisError(.connectionRefused, "\(name) rejected: \(message)", address: address)
+                let user = config.endpoint.username.map { " for user '\($0)'" } ?? ""
+                throw RedisError(.rejected, "\(name) rejected\(user): \(message)", address: address)
             }
         }
         clientID = replies.last?.int

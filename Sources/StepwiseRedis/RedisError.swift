@@ -6,7 +6,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
     /// The kind of failure.
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         private enum Base: Sendable, Hashable {
-            case io, eof, protocolError, outOfMemory, timeout, connectionRefused, other
+            case io, eof, protocolError, outOfMemory, timeout, connectionRefused, rejected, other
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -23,6 +23,9 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         public static let timeout = Code(.timeout)
         /// The server could not be reached at all.
         public static let connectionRefused = Code(.connectionRefused)
+        /// The server answered but refused the handshake: a wrong user or password (`WRONGPASS`),
+        /// a user without a permission the handshake needs (`NOPERM`), or a bad database number.
+        public static let rejected = Code(.rejected)
         /// Anything else hiredis reports (`REDIS_ERR_OTHER`).
         public static let other = Code(.other)
 
@@ -34,6 +37,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
             case .outOfMemory: "out-of-memory"
             case .timeout: "timeout"
             case .connectionRefused: "connection-refused"
+            case .rejected: "rejected"
             case .other: "other"
             }
         }
@@ -70,4 +74,13 @@ public struct RedisServerError: Error, Sendable, Hashable, CustomStringConvertib
     }
 
     public var description: String { message }
+}
+
+extension RedisServerError {
+    /// Whether the server refused for lack of an ACL permission: `NOPERM` for a command or key the
+    /// user may not use directly, or the error a script gets when it calls one (Redis 7 checks
+    /// commands and keys inside scripts against the calling user).
+    public var isPermissionDenied: Bool {
+        prefix == "NOPERM" || message.contains("The user executing the script can't")
+    }
 }

@@ -42,6 +42,11 @@ public final class RedisServerProcess: Sendable {
     public let binary: String
     /// The `appendfsync` setting: `everysec` (the default) or `always`.
     public let appendfsync: String
+    /// More `redis-server` arguments, after the defaults (an `--aclfile`, say).
+    public let extraArguments: [String]
+    /// The user and password of this object's own probes (`PING`, `SHUTDOWN`), for a server whose
+    /// default user is off; `nil` for the default user.
+    private let probeUser: (name: String, password: String)?
     private let current = Mutex<ChildProcess?>(nil)
     /// Every server process started, for the backstop kill.
     private let started = Mutex<[ChildProcess]>([])
@@ -55,11 +60,24 @@ public final class RedisServerProcess: Sendable {
     /// The running server process, if any.
     public var process: ChildProcess? { current.withLock { $0 } }
 
-    private init(port: Int, directory: String, binary: String, appendfsync: String) {
+    private init(
+        port: Int, directory: String, binary: String, appendfsync: String, extraArguments: [String],
+        probeUser: (name: String, password: String)?
+    ) {
         self.port = port
         self.directory = directory
         self.binary = binary
         self.appendfsync = appendfsync
+        self.extraArguments = extraArguments
+        self.probeUser = probeUser
+    }
+
+    /// The endpoint with the probe user's credentials.
+    private var probeEndpoint: RedisEndpoint {
+        var e = endpoint
+        e.username = probeUser?.name
+        e.password = probeUser?.password
+        return e
     }
 
     /// Starts a server on a free loopback port in a new temporary directory and waits until it
@@ -70,8 +88,14 @@ public final class RedisServerProcess: Sendable {
     ///     first `redis-server` on `$PATH`, else `/usr/bin/redis-server`.
     ///   - appendfsync: `everysec` (default) or `always` (fsync before every reply: nothing
     ///     acknowledged is lost even by a power loss).
+    ///   - extraArguments: more `redis-server` arguments, such as `["--aclfile", path]`.
+    ///   - probeUsername: the ACL user that this object's own `PING` and `SHUTDOWN` use, with
+    ///     `probePassword`, when the server's default user is off.
     /// - Throws: ``TestSupportError`` when no port is free or the server does not answer in 10 s.
-    public static func start(binary: String? = nil, appendfsync: String = "everysec") async throws -> RedisServerProcess {
+    public static func start(
+        binary: String? = nil, appendfsync: String = "everysec", extraArguments: [String] = [],
+        probeUsername: String? = nil, probePassword: String? = nil
+    ) async throws -> RedisServerProcess {
         guard ["everysec", "always"].contains(appendfsync) else {
             throw TestSupportError("appendfsync must be everysec or always, got '\(appendfsync)'")
         }
@@ -79,7 +103,9 @@ public final class RedisServerProcess: Sendable {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stepwise-redis-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let port = try freeLoopbackPort()
-        let server = RedisServerProcess(port: port, directory: dir, binary: executable, appendfsync: appendfsync)
+        let server = RedisServerProcess(
+            port: port, directory: dir, binary: executable, appendfsync: appendfsync, extraArguments: extraArguments,
+            probeUser: probeUsername.map { ($0, probePassword ?? "") })
         do {
             try await server.launch()
         } catch {
@@ -119,7 +145,7 @@ public final class RedisServerProcess: Sendable {
     public func stop() async {
         if let child = process, child.isRunning {
             let conn = RedisConnection(
-                configuration: .init(endpoint: endpoint, connectTimeout: .milliseconds(500), commandTimeout: .seconds(2)),
+                configuration: .init(endpoint: probeEndpoint, connectTimeout: .milliseconds(500), commandTimeout: .seconds(2)),
                 logger: Logger(label: "test.redis-stop", factory: { _ in SwiftLogNoOpLogHandler() }))
             _ = try? await conn.send(["SHUTDOWN", "NOSAVE"])
             await conn.close()
@@ -145,7 +171,7 @@ public final class RedisServerProcess: Sendable {
     public func ping() async -> Bool {
         let conn = RedisConnection(
             configuration: .init(
-                endpoint: endpoint, connectTimeout: .milliseconds(500), commandTimeout: .seconds(1),
+                endpoint: probeEndpoint, connectTimeout: .milliseconds(500), commandTimeout: .seconds(1),
                 clientName: "test-probe"),
             logger: Logger(label: "test.redis-probe", factory: { _ in SwiftLogNoOpLogHandler() }))
         let reply = try? await conn.send(["PING"])
@@ -163,7 +189,7 @@ public final class RedisServerProcess: Sendable {
                 "--port", "\(port)", "--bind", "127.0.0.1", "--protected-mode", "yes", "--dir", directory,
                 "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "", "--maxmemory-policy", "noeviction",
                 "--daemonize", "no",
-            ])
+            ] + extraArguments)
         started.withLock { $0.append(child) }
         current.withLock { $0 = child }
         let up = await eventually(timeout: .seconds(10), interval: .milliseconds(50)) {

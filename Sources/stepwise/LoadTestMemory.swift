@@ -86,7 +86,7 @@ extension LoadTestCommand {
             arguments: [
                 "--namespace", keys.namespace, "--concurrency", String(concurrency), "--log-level", connection.logLevel ?? "error",
             ],
-            redisURL: connection.redisURL, idPrefix: "mem-\(runID)")
+            connectionEnvironment: connection.childEnvironment, idPrefix: "mem-\(runID)")
         for _ in 0..<2 { try pool.start() }
         let store = SessionStore(connection: conn, keys: keys)
         guard

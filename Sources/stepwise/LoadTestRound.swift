@@ -30,7 +30,7 @@ struct LoadTestRound {
             ]
             if let ttl = params.heartbeatTTL { args += ["--heartbeat-ttl", String(ttl)] }
             if let interval = params.reaperInterval { args += ["--reaper-interval", String(interval)] }
-            let p = LoadTestWorkerPool(arguments: args, redisURL: connection.redisURL, idPrefix: "lt-\(runID)")
+            let p = LoadTestWorkerPool(arguments: args, connectionEnvironment: connection.childEnvironment, idPrefix: "lt-\(runID)")
             for _ in 0..<count { try p.start() }
             pool = p
             let store = SessionStore(connection: conn, keys: keys)

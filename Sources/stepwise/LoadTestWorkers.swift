@@ -35,12 +35,13 @@ final class LoadTestWorkerPool {
 
     /// - Parameters:
     ///   - arguments: `worker` flags shared by every process (`--namespace`, `--concurrency`, ...).
-    ///   - redisURL: passed as `REDIS_URL` in the environment, so a password never shows in `ps`.
+    ///   - connectionEnvironment: `REDIS_URL` (and `REDIS_PASSWORD_FILE`), passed in the
+    ///     environment so a password never shows in `ps` (``ConnectionOptions/childEnvironment``).
     ///   - idPrefix: worker ids are `<idPrefix>-w<n>`, `n` counting every process started.
-    init(arguments: [String], redisURL: String, idPrefix: String) {
+    init(arguments: [String], connectionEnvironment: [String: String], idPrefix: String) {
         binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
         baseArguments = arguments
-        environment = ProcessInfo.processInfo.environment.merging(["REDIS_URL": redisURL]) { _, new in new }
+        environment = ProcessInfo.processInfo.environment.merging(connectionEnvironment) { _, new in new }
         self.idPrefix = idPrefix
         logDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("stepwise-loadtest-\(idPrefix)").path
     }

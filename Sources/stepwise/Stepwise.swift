@@ -51,60 +51,25 @@ struct Stepwise: AsyncParsableCommand {
             return Console.outputFailedStatus
         } catch {
             let code = exitCode(for: error)
-            let text = fullMessage(for: error)
+            // argument-parser quotes unexpected arguments, and one may be a Redis URL.
+            let text = redactingCredentials(fullMessage(for: error))
             // Help (and other clean exits) go to stdout with status 0, as argument-parser does.
             if !text.isEmpty { Console.write(text + "\n", to: code == .success ? .stdout : .stderr) }
             return code.rawValue
         }
     }
-}
 
-/// Connection and namespace options shared by every subcommand.
-struct ConnectionOptions: ParsableArguments {
-    @Option(
-        name: .customLong("redis"),
-        help: ArgumentHelp(
-            "Redis URL: redis://[user:password@]host:port[/db] or unix:///path.sock (env REDIS_URL).",
-            valueName: "url"))
-    var redisURL: String = ProcessInfo.processInfo.environment["REDIS_URL"] ?? "redis://127.0.0.1:6379"
-
-    @Option(help: "Key namespace: every key starts with '<namespace>:' (env STEPWISE_NAMESPACE).")
-    var namespace: String = ProcessInfo.processInfo.environment["STEPWISE_NAMESPACE"] ?? "sw"
-
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default: info for worker, warning otherwise).")
-    var logLevel: String?
-
-    func validate() throws {
-        do { _ = try RedisEndpoint(parsing: redisURL) } catch { throw ValidationError("--redis: \(error)") }
-        do { _ = try KeySpace(namespace: namespace) } catch { throw ValidationError("--namespace: \(error)") }
-        if let logLevel, Logger.Level(rawValue: logLevel) == nil {
-            throw ValidationError("--log-level '\(logLevel)' is unknown: use trace, debug, info, notice, warning, error or critical")
+    /// `text` with every command-line argument (or `--option=value` value) that looks like a URL
+    /// with credentials replaced by its redacted form (``RedisEndpoint/redacted(_:)``).
+    static func redactingCredentials(_ text: String, arguments: [String] = CommandLine.arguments) -> String {
+        var text = text
+        for argument in arguments.dropFirst() {
+            let candidates = [argument] + argument.split(separator: "=", maxSplits: 1).dropFirst().map(String.init)
+            for candidate in candidates where candidate.contains("://") && candidate.contains("@") {
+                text = text.replacingOccurrences(of: candidate, with: RedisEndpoint.redacted(candidate))
+            }
         }
-    }
-
-    var endpoint: RedisEndpoint { (try? RedisEndpoint(parsing: redisURL)) ?? RedisEndpoint(address: .tcp(host: "127.0.0.1", port: 6379)) }
-    var keys: KeySpace { (try? KeySpace(namespace: namespace)) ?? (try! KeySpace()) }
-
-    func redisConfiguration(name: String) -> RedisConnection.Configuration {
-        RedisConnection.Configuration(endpoint: endpoint, clientName: name)
-    }
-
-    /// Bootstraps logging once per process, to stderr.
-    func makeLogger(label: String = "stepwise", defaultLevel: Logger.Level = .warning) -> Logger {
-        let level = logLevel.flatMap(Logger.Level.init(rawValue:)) ?? defaultLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-        return Logger(label: label)
-    }
-
-    /// A connected connection, or a clear one-line failure naming the address.
-    func connect(name: String, logger: Logger) async throws -> RedisConnection {
-        let connection = RedisConnection(configuration: redisConfiguration(name: name), logger: logger)
-        try await reportingFailures { try await connection.connect() }
-        return connection
+        return text
     }
 }
 
@@ -112,8 +77,17 @@ struct ConnectionOptions: ParsableArguments {
 func reportingFailures<T>(_ body: () async throws -> T) async throws -> T {
     do {
         return try await body()
+    } catch let error as RedisError where error.code == .rejected {
+        printError(
+            "Redis at \(error.address) refused this client: \(error.message) (check the user and password: --redis or "
+                + "REDIS_URL, --redis-password-file or REDIS_PASSWORD_FILE; users: deploy/users.acl)")
+        throw ExitCode.failure
     } catch let error as RedisError {
         printError("cannot reach Redis at \(error.address): \(error.message) (check --redis or REDIS_URL, and that redis-server runs)")
+        throw ExitCode.failure
+    } catch let error as RedisServerError where error.isPermissionDenied {
+        printError(
+            "the Redis user may not do this: \(error.message) (each role needs its own user: see deploy/users.acl and docs/SECURITY.md)")
         throw ExitCode.failure
     } catch let error as StepwiseError {
         printError(error.message)

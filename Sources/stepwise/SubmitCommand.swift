@@ -120,7 +120,9 @@ struct SubmitCommand: AsyncParsableCommand {
         }
         for pair in options {
             guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
-                throw ValidationError("--option '\(pair)' must look like key=value, e.g. --option model=small")
+                // Not echoed: a malformed option may be a credential pasted without its key.
+                throw ValidationError(
+                    "--option must look like key=value, e.g. --option model=small (got \(pair.count) characters without a key)")
             }
             let value = String(pair[pair.index(after: eq)...])
             o[String(pair[..<eq])] = (try? JSONValue(parsing: value)) ?? .string(value)

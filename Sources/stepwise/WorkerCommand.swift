@@ -58,6 +58,26 @@ struct WorkerCommand: AsyncParsableCommand {
     @Flag(help: "Refuse to start when Redis may lose jobs (maxmemory-policy not noeviction, or append-only file off).")
     var strict = false
 
+    @Flag(
+        help:
+            "Debugging only: log each step's input, state and result (at info), with --mask-fields masked, and the text of errors steps throw (env STEPWISE_LOG_PAYLOADS=1). Off, logs carry no session data."
+    )
+    var logPayloads = false
+
+    @Option(
+        help: ArgumentHelp(
+            "With --log-payloads: comma-separated parts of JSON object keys whose values are logged as \"***\" (default: \(PayloadLogging.defaultMaskedFields.joined(separator: ","))).",
+            valueName: "names"))
+    var maskFields: String?
+
+    /// `--log-payloads` or `STEPWISE_LOG_PAYLOADS=1`, with `--mask-fields` applied.
+    var payloadLogging: PayloadLogging {
+        let env = ProcessInfo.processInfo.environment["STEPWISE_LOG_PAYLOADS"]
+        let fields = maskFields.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+        return PayloadLogging(
+            enabled: logPayloads || env == "1" || env == "true", maskedFields: fields ?? PayloadLogging.defaultMaskedFields)
+    }
+
     func validate() throws {
         guard (1...1000).contains(concurrency) else { throw ValidationError("--concurrency must be 1-1000, got \(concurrency)") }
         _ = try seconds(heartbeatTTL, flag: "--heartbeat-ttl", min: 1)
@@ -70,6 +90,9 @@ struct WorkerCommand: AsyncParsableCommand {
         guard maxRetryDelay <= 86_400 else { throw ValidationError("--max-retry-delay must be at most 86400 seconds") }
         guard maxActiveSessions >= 0 else { throw ValidationError("--max-active-sessions must be 0 (no limit) or more") }
         guard maxStateBytes >= 1024 else { throw ValidationError("--max-state-bytes must be at least 1024") }
+        if let maskFields, maskFields.split(separator: ",").allSatisfy({ $0.trimmingCharacters(in: .whitespaces).isEmpty }) {
+            throw ValidationError("--mask-fields must name at least one field, e.g. --mask-fields password,token")
+        }
         if let workerID {
             var c = Worker.Configuration(workerID: workerID)
             c.concurrency = concurrency
@@ -79,7 +102,8 @@ struct WorkerCommand: AsyncParsableCommand {
 
     /// Connects once and lets the connection (and its thread) go at once.
     private func probeRedis(logger: Logger) async throws {
-        let probe = try await connection.connect(name: "stepwise:probe", logger: logger)
+        let probe = RedisConnection(configuration: connection.redisConfiguration(name: "stepwise:probe"), logger: logger)
+        try await reportingFailures { try await refusingBadCredentials { try await probe.connect() } }
         await probe.close()
     }
 
@@ -96,11 +120,17 @@ struct WorkerCommand: AsyncParsableCommand {
             retryDelay: try seconds(retryDelay, flag: "--retry-delay", min: 0.01),
             maxRetryDelay: try seconds(maxRetryDelay, flag: "--max-retry-delay", min: retryDelay),
             maxActiveSessions: maxActiveSessions, maxStateBytes: maxStateBytes, strict: strict)
-        // Fail fast, with one clear line, when Redis is unreachable.
+        // Fail fast, with one clear line, when Redis is unreachable or refuses these credentials.
         try await probeRedis(logger: logger)
+        let payloads = payloadLogging
+        if payloads.enabled {
+            logger.warning(
+                "--log-payloads is on: step inputs, states, results and errors go to the logs",
+                metadata: ["stepwise.masked_fields": .string(payloads.maskedFields.joined(separator: ","))])
+        }
         let worker = Worker(
             configuration: config, redis: connection.redisConfiguration(name: "stepwise"), keys: connection.keys,
-            agents: .builtIn, logger: logger)
+            agents: AgentRegistry.builtIn.loggingPayloads(payloads), logger: logger)
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: worker)], gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [],
@@ -124,6 +154,30 @@ struct WorkerCommand: AsyncParsableCommand {
             }
         }
         defer { escalation.cancel() }
-        try await reportingFailures { try await run.value }
+        try await reportingFailures { try await refusingBadCredentials { try await run.value } }
+    }
+
+    /// Exit status of a worker whose Redis user or password is wrong, or lacks a permission a
+    /// worker needs: `EX_CONFIG`. Restarting cannot help, so the systemd unit does not
+    /// (`RestartPreventExitStatus=78`).
+    static let configurationFailure = ExitCode(78)
+
+    /// Runs `body`; a refused handshake or a missing permission ends the worker with one line and
+    /// ``configurationFailure``, not a retry loop.
+    private func refusingBadCredentials<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as RedisError where error.code == .rejected {
+            printError(
+                "Redis at \(error.address) refused the worker: \(error.message) (check the user and password: --redis or "
+                    + "REDIS_URL, --redis-password-file or REDIS_PASSWORD_FILE)")
+            throw Self.configurationFailure
+        } catch let error as RedisServerError where error.isPermissionDenied {
+            let user = connection.endpoint.username.map { "'\($0)'" } ?? "default"
+            printError(
+                "the Redis user \(user) lacks a permission every worker needs: \(error.message); "
+                    + "run workers as the worker user of deploy/users.acl (docs/SECURITY.md)")
+            throw Self.configurationFailure
+        }
     }
 }

@@ -49,6 +49,51 @@ import Testing
         #expect(throws: RedisEndpoint.ParseError.self) { try RedisEndpoint(parsing: url) }
     }
 
+    @Test(arguments: [
+        ("redis://user:hunter2@host:1/2", "redis://user:***@host:1/2"),
+        ("redis://hunter2@host", "redis://***@host"),
+        ("redis://:hunter2@host", "redis://:***@host"),
+        ("redis://u:pa/ss@hunter2@host", "redis://u:***@host"),
+        ("redis://host:1", "redis://host:1"),
+        ("hunter2", "<7 characters, not shown>"),
+    ])
+    func redactedMasksThePassword(_ url: String, _ expected: String) {
+        #expect(RedisEndpoint.redacted(url) == expected)
+    }
+
+    @Test(arguments: [
+        "redis://u:hunter2@host:abc", "redis://hunter2@host:0", "redis://u:hunter2@host/x", "rediss://u:hunter2@host",
+        "redis://u:hunter2%zz@host", "hunter2", "http://u:hunter2@host",
+    ])
+    func parseErrorsNeverShowThePassword(_ url: String) {
+        do {
+            _ = try RedisEndpoint(parsing: url)
+            Issue.record("\(url) parsed")
+        } catch {
+            #expect(!error.message.contains("hunter2"), "\(error.message)")
+        }
+    }
+
+    @Test func aPasswordFromElsewhereMakesALoneUserInfoTheUser() throws {
+        let e = try RedisEndpoint(parsing: "redis://worker@host:7000", password: "from-file")
+        #expect(e.username == "worker" && e.password == "from-file")
+        let bare = try RedisEndpoint(parsing: "redis://host", password: "from-file")
+        #expect(bare.username == nil && bare.password == "from-file")
+        let emptyInURL = try RedisEndpoint(parsing: "redis://worker:@host", password: "from-file")
+        #expect(emptyInURL.username == "worker" && emptyInURL.password == "from-file")
+        let unix = try RedisEndpoint(parsing: "unix:///run/redis.sock", password: "from-file")
+        #expect(unix.password == "from-file")
+        #expect(throws: RedisEndpoint.ParseError.self) { try RedisEndpoint(parsing: "redis://u:pw@host", password: "from-file") }
+        // Without one, the historical form still reads a lone user-info part as the password.
+        #expect(try RedisEndpoint(parsing: "redis://pw@host").password == "pw")
+    }
+
+    @Test func repliesDescribeTheirShapeNotTheirContent() {
+        let reply = RESPValue.array([.bulk(Array("secret state".utf8)), .integer(3), .simple("OK"), .null])
+        #expect(reply.description == "array(4)[bulk(12 bytes), integer(3), simple(OK), null]")
+        #expect(!"\(reply)".contains("secret"))
+    }
+
     @Test func serverErrorPrefix() {
         let e = RedisServerError("WRONGTYPE Operation against a key holding the wrong kind of value")
         #expect(e.prefix == "WRONGTYPE")
