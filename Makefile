@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
-.PHONY: deps build release run test bench loadtest lint redis-up redis-down clean
+.PHONY: deps build release run test bench loadtest lint model-check model-check-old redis-up redis-down clean
 
 deps:
 	@scripts/ensure-deps.sh
@@ -16,7 +16,7 @@ release: deps
 run: release
 	scripts/run-demo.sh
 
-test: deps
+test: deps model-check
 	scripts/test.sh
 
 bench: release
@@ -24,6 +24,13 @@ bench: release
 
 loadtest: release
 	scripts/loadtest.sh
+
+# Exhaustive spin check of the job protocol model (docs/MODEL.md); the old variants must fail.
+model-check:
+	model/check.sh
+
+model-check-old:
+	model/check.sh --old
 
 lint:
 	swift format lint --strict -r Sources Tests
