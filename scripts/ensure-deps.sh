@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Stepwise needs from Debian when it is missing: hiredis headers, redis-server,
-# redis-tools (redis-cli, redis-benchmark), pkg-config, and stunnel4 and openssl (the TLS recipe
-# of docs/SECURITY.md and its test). Idempotent; needs root to install.
+# redis-tools (redis-cli, redis-benchmark), pkg-config, stunnel4 and openssl (the TLS recipe
+# of docs/SECURITY.md and its test), spin and gcc (the protocol model, docs/MODEL.md).
+# Idempotent; needs root to install.
 set -euo pipefail
 missing=()
 pkg-config --exists hiredis 2>/dev/null || missing+=(libhiredis-dev)
@@ -11,6 +12,8 @@ command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v redis-benchmark >/dev/null || missing+=(redis-tools)
 command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing+=(stunnel4)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v spin >/dev/null || missing+=(spin)
+command -v gcc >/dev/null || missing+=(gcc)
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
   echo "error: missing packages: ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2

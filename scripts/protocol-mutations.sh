@@ -19,6 +19,7 @@ mutations=(
   "progress not fenced (plain XADD)|progress.lua|s.replace(\"if s[1] ~= holder then\", \"if false then\")|lateProgressChangesNothing"
   "a created key without the session's expiry|prelude.lua|s.replace(\"if redis.call('PTTL', key) == -1 then redis.call('PEXPIREAT', key, exp) end\", \"\")|keysCreatedMidSession"
   "release revives a dead letter|release.lua|s.replace(\"if (not s[1]) or s[4] or\", \"if (not s[1]) or\")|releaseNeverRevives"
+  "a stale commit removes a newer claim's in-flight entry|commit.lua|s.replace(\"if head ~= jid or theirs then redis.call\", \"if true then redis.call\")|aStaleCallNeverRemovesTheEntry"
   "dead_letter mutates before it validates|dead_letter.lua|s.replace(\"local action = oneof_arg(ARGV[3], 'action', {'retry', 'purge'})\", \"redis.call('HDEL', P .. 's:{x}', 'blocked')\\nlocal action = oneof_arg(ARGV[3], 'action', {'retry', 'purge'})\")|aBadArgumentIsATypedError"
 )
 failed=0

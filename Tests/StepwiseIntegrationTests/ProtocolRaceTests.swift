@@ -307,4 +307,45 @@ struct ProtocolRaceTests {
         #expect(try await conn.send(["ZCARD", RedisArgument(keys.delayed)]).int == 0, "the stale retry is dropped")
         #expect(goneJob != fresh)
     }
+
+    /// A worker's steps share its in-flight list of bare job ids: a stale commit or release of an
+    /// older claim of this same worker (it was reaped, registered again and claimed the job anew)
+    /// must not remove the entry the newer claim depends on, or a crash would lose the job.
+    @Test func aStaleCallNeverRemovesTheEntryOfANewerClaimOfTheSameWorker() async throws {
+        let id = try SessionID("same-worker")
+        try await p.register("A")
+        let j = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1)).jobID
+        let old = try await p.claimRun("A")
+        try await p.expire("A")
+        #expect(try await p.reap("A") == 1)
+        try await p.register("A")
+        let new = try await p.claimRun("A")
+        #expect(new.jobID == j && new.holder != old.holder)
+        #expect(try await p.commit("A", old, state: #"{"stale":1}"#) == "stale")
+        #expect(try await p.inflight("A") == [j], "the newer claim's entry stays after the stale commit")
+        #expect(try await p.release("A", j, holder: old.holder) == 0)
+        #expect(try await p.inflight("A") == [j], "and after the stale release")
+        // A duplicate copy claimed by the same worker is dropped, the entry kept.
+        _ = try await conn.send(["RPUSH", RedisArgument(keys.ready), RedisArgument(j)])
+        let dup = try await p.claim("A")
+        guard case .skip = dup else {
+            Issue.record("the duplicate must be skipped, got \(String(describing: dup))")
+            return
+        }
+        #expect(try await p.inflight("A") == [j], "and after a duplicate claim")
+        // Reaped again, the job back in `ready`, and fetched afresh by this worker (not claimed
+        // yet): the old step's late commit leaves that fresh entry alone, so the claim still works.
+        try await p.expire("A")
+        #expect(try await p.reap("A") == 1)
+        try await p.register("A")
+        #expect(try await p.pop("A") == j)
+        #expect(try await p.commit("A", new, state: #"{"stale":2}"#) == "stale")
+        #expect(try await p.inflight("A") == [j], "the fresh fetch's entry stays")
+        let fresh = try await p.claimRun("A", j)
+        #expect(fresh.holder != new.holder)
+        // The worker now dies: the reaper finds the job.
+        try await p.expire("A")
+        #expect(try await p.reap("A") == 1)
+        #expect(try await p.ready == [j])
+    }
 }

@@ -37,13 +37,20 @@ local created = {k.events}
 local cur = redis.call('HMGET', k.session, 'holder', 'version', 'steps', 'ttl', 'refreshed', 'cancelled', 'exp', 'committed')
 local last_token, last_status = nil, nil
 if cur[8] then last_token, last_status = string.match(cur[8], '^(.*)=(%a+)$') end
-if last_token == holder then
-  redis.call('LREM', KEYS[2], 0, jid)
-  result = {last_status, '', tonumber(cur[2])}
-elseif cur[1] ~= holder or redis.call('LINDEX', k.inbox, 0) ~= jid then
-  redis.call('LREM', KEYS[2], 0, jid)
-  redis.call('HINCRBY', P .. 'stats', 'stale_commits', 1)
-  result = {'stale', '', 0}
+if last_token == holder or cur[1] ~= holder or redis.call('LINDEX', k.inbox, 0) ~= jid then
+  -- A repeated call (its first run removed this call's entry) or a stale one. The worker's
+  -- in-flight list holds bare job ids: while the job still heads its session, unheld or held by
+  -- this worker, an entry of it belongs to another step of this worker (a newer claim, or a
+  -- fresh fetch about to claim it) and stays. Otherwise any entry left is garbage.
+  local head = redis.call('LINDEX', k.inbox, 0)
+  local theirs = cur[1] and cur[1] ~= '' and string.sub(cur[1], 1, #worker + 1) ~= worker .. '/'
+  if head ~= jid or theirs then redis.call('LREM', KEYS[2], 0, jid) end
+  if last_token == holder then
+    result = {last_status, '', tonumber(cur[2])}
+  else
+    redis.call('HINCRBY', P .. 'stats', 'stale_commits', 1)
+    result = {'stale', '', 0}
+  end
 else
   local j = redis.call('HMGET', k.jobs, seq .. ':a', seq .. ':t', seq .. ':m')
   redis.call('LREM', KEYS[2], 0, jid)

@@ -115,6 +115,16 @@ local function drop_cancelled(k, jid, seq, now, maxlen, attempt, steps)
     event(k, maxlen, 'type', 'step.cancelled', 'job', jid, 'step', (tonumber(steps) or 0) + 1, 'attempt', attempt or '0', 'time', now)
   end
 end
+-- A worker's in-flight list holds bare job ids, and its steps share it: after a call removed `jid`
+-- without ending the hold (a duplicate claim, a stale commit or release of an older claim of this
+-- same worker), put one entry back when the job is still its session's head and held by one of
+-- this worker's tokens, so a reaper still finds it if the worker dies.
+local function keep_own(inflight, worker, k, jid)
+  local holder = redis.call('HGET', k.session, 'holder')
+  if holder and string.sub(holder, 1, #worker + 1) == worker .. '/' and redis.call('LINDEX', k.inbox, 0) == jid then
+    redis.call('RPUSH', inflight, jid)
+  end
+end
 -- Puts a session's head job back at the front of `ready`, unheld.
 local function requeue(P, k, jid)
   redis.call('HSET', k.session, 'holder', '', 'status', 'queued')
@@ -153,6 +163,8 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid)
     if s[9] == '' then
       drop_cancelled(k, jid, seq, now, maxlen, j[2], s[5])
       seal(s[8], {k.events})
+    else
+      keep_own(inflight, worker, k, jid)
     end
     return {'skip', jid}
   end
@@ -163,6 +175,7 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid)
   if s[9] ~= '' then
     -- Held by a live claim: this copy is a duplicate and must not run.
     redis.call('HINCRBY', P .. 'stats', 'duplicate_claims', 1)
+    keep_own(inflight, worker, k, jid)
     return {'skip', jid}
   end
   if tonumber(limit) > 0 and redis.call('SCARD', P .. 'active') >= tonumber(limit)

@@ -31,6 +31,8 @@ local mine
 if token ~= '' then mine = s[1] == token
 else mine = s[1] == '' or string.sub(s[1], 1, #worker + 1) == worker .. '/' end
 if not mine then
+  -- A newer claim of this same worker may hold the job: its entry stays.
+  keep_own(KEYS[2], worker, k, jid)
   redis.call('HINCRBY', P .. 'stats', 'stale_releases', 1)
   return 0
 end
