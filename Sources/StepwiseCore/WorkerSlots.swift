@@ -119,18 +119,15 @@ extension Worker {
     /// the slot is busy throughout.
     private func runChain(_ first: Claim.Job) async {
         var next: Claim.Job? = first
-        var failures = 0
         while let job = next {
             next = nil
             do {
                 let result = try await process(job)
                 if case .run(let n)? = result { next = n }
-                failures = 0
             } catch is CancellationError {
                 break
             } catch {
                 // The step's claim is left to the orphan scan, which releases it.
-                failures += 1
                 noteRedisError(error)
                 logger.warning("step could not be committed", metadata: [LogKeys.jobID: .string(job.jobID), LogKeys.error: "\(error)"])
             }

@@ -44,6 +44,19 @@ public func eventually(
     try await poll(timeout: timeout, interval: interval, until: condition)
 }
 
+/// Sets `posix_spawn` attributes so the child starts with an empty signal mask and every signal
+/// at its default action, as a process started by systemd or a shell would (not inheriting the
+/// test runner's blocked or ignored signals).
+public func setDefaultSignals(_ attributes: inout posix_spawnattr_t) {
+    var none = sigset_t()
+    sigemptyset(&none)
+    posix_spawnattr_setsigmask(&attributes, &none)
+    var every = sigset_t()
+    sigfillset(&every)
+    posix_spawnattr_setsigdefault(&attributes, &every)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+}
+
 /// A child process (a worker of the built binary), stopped on demand.
 ///
 /// Started with `posix_spawn` and an empty signal mask with every signal at its default action,
@@ -66,13 +79,7 @@ public final class ChildProcess: Sendable {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
-        var none = sigset_t()
-        sigemptyset(&none)
-        posix_spawnattr_setsigmask(&attributes, &none)
-        var every = sigset_t()
-        sigfillset(&every)
-        posix_spawnattr_setsigdefault(&attributes, &every)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        setDefaultSignals(&attributes)
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
