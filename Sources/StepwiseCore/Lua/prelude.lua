@@ -155,6 +155,8 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid)
       else
         redis.call('LPUSH', P .. 'ready', jid)
       end
+    elseif s[1] then
+      keep_own(inflight, worker, k, jid)
     end
     redis.call('HINCRBY', P .. 'stats', 'unregistered_claims', 1)
     return {'unregistered', jid}
