@@ -12,7 +12,7 @@ trap restore EXIT
 
 # name | file | python expression turning the file text s into the buggy text | test filter
 mutations=(
-  "claim not fenced (no LREM check, no live-holder check)|prelude.lua|s.replace(\"if removed == 0 then\", \"if false then\").replace(\"if s[9] ~= '' then\\n    -- Held\", \"if false then\\n    -- Held\")|aStalledWorkersLateClaim"
+  "claim not fenced (no LREM check, no live-holder check)|prelude.lua|s.replace(\"if not moved and redis.call('LREM', inflight, 0, jid) == 0 then\", \"if false then\").replace(\"if s[9] ~= '' then\\n    -- Held\", \"if false then\\n    -- Held\")|aStalledWorkersLateClaim"
   "fencing tokens repeat (worker/attempt)|prelude.lua|s.replace(\"local holder = worker .. '/' .. next_seq(P)\", \"local holder = worker .. '/' .. attempt\")|fencingTokensNeverRepeat"
   "job ids repeat across incarnations (per-session counter)|submit.lua|s.replace(\"local seq = next_seq(P)\", \"local seq = redis.call('HINCRBY', k.session, 'jseq', 1)\")|anOldIncarnationsJob"
   "orphan release through another worker's hold|release.lua|s.replace(\"else mine = s[1] == '' or\", \"else mine = true or\")|anOrphanReleaseNever"

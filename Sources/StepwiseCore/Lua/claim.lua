@@ -27,7 +27,7 @@ for _ = 1, count + 100 do
   if runs >= count then break end
   local nxt = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
   if not nxt then break end
-  local c = claim(P, KEYS[2], worker, now, maxlen, limit, nxt)
+  local c = claim(P, KEYS[2], worker, now, maxlen, limit, nxt, true)
   table.insert(claims, c)
   if c[1] == 'run' then runs = runs + 1 end
 end

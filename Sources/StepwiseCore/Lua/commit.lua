@@ -62,14 +62,14 @@ else
     result = {'cancelled', '', tonumber(cur[2])}
   elseif outcome == 'retry' then
     redis.call('HINCRBY', k.jobs, seq .. ':f', 1)
-    redis.call('HSET', k.session, 'holder', '', 'status', 'queued', 'active', now)
+    redis.call('HSET', k.session, 'holder', '', 'status', 'queued', 'active', now, 'committed', holder .. '=retry')
     redis.call('ZADD', P .. 'delayed', server_ms() + delay, jid)
     local eid = event(k, maxlen, 'type', 'step.retrying', 'job', jid, 'step', tonumber(cur[3]) + 1,
       'attempt', attempt, 'time', now, 'delay', delay, 'error', ARGV[9])
     result = {'retry', eid, tonumber(cur[2])}
   elseif outcome == 'dead' then
     if ARGV[14] ~= '' then attempt = ARGV[14] end
-    redis.call('HSET', k.session, 'holder', '', 'status', 'failed', 'active', now, 'blocked', jid,
+    redis.call('HSET', k.session, 'holder', '', 'status', 'failed', 'active', now, 'blocked', jid, 'committed', holder .. '=dead',
       'dead_reason', ARGV[13], 'dead_error', ARGV[9], 'dead_attempts', attempt, 'dead_at', now)
     redis.call('ZADD', P .. 'dead', now, sid)
     redis.call('HINCRBY', P .. 'stats', 'dead', 1)
@@ -102,18 +102,18 @@ else
     elseif outcome == 'done' then status = 'done'
     elseif outcome == 'fail' then status = 'failed'
     else status = 'waiting' end
-    redis.call('HSET', k.session, 'state', ARGV[8], 'version', version, 'steps', step, 'holder', '',
+    redis.call('HSET', k.session, 'state', ARGV[8], 'version', version, 'steps', step, 'holder', '', 'committed', holder .. '=ok',
       'active', now, 'status', status)
     redis.call('HINCRBY', P .. 'stats', 'committed', 1)
     result = {'ok', eid, version}
   end
-  redis.call('HSET', k.session, 'committed', holder .. '=' .. result[1])
+  if result[1] == 'cancelled' then redis.call('HSET', k.session, 'committed', holder .. '=cancelled') end
   refresh(P, k, sid, now, cur[4], cur[5], false, cur[7], created)
 end
 if ARGV[10] == '1' then
   if redis.call('EXISTS', P .. 'worker:' .. worker) == 1 then
     local nxt = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-    if nxt then result[4] = claim(P, KEYS[2], worker, now, maxlen, limit, nxt) end
+    if nxt then result[4] = claim(P, KEYS[2], worker, now, maxlen, limit, nxt, true) end
   end
 end
 return result

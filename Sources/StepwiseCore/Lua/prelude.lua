@@ -135,19 +135,29 @@ end
 -- worker's heartbeat must exist, and the session must have no holder. Returns the step to run,
 -- {'skip', jid} (stale, duplicate, cancelled, blocked or parked), or {'unregistered', jid} when
 -- this worker's heartbeat is gone (the job went back to `ready`; the worker registers again).
-local function claim(P, inflight, worker, now, maxlen, limit, jid)
-  local removed = redis.call('LREM', inflight, 0, jid)
-  if removed == 0 then
+-- `moved`: the calling script itself just moved `jid` to the tail of the list (LMOVE), after it
+-- checked the heartbeat; nothing can have come between, so the list and heartbeat checks are
+-- skipped, and a path that does not claim removes just that one entry.
+local function claim(P, inflight, worker, now, maxlen, limit, jid, moved)
+  if not moved and redis.call('LREM', inflight, 0, jid) == 0 then
     redis.call('HINCRBY', P .. 'stats', 'stale_claims', 1)
     return {'skip', jid}
   end
+  -- On a path that does not claim: drop this call's entry (a moved one), or keep the entry of a
+  -- hold of this worker (the LREM above removed every entry).
+  local function unclaimed(k)
+    if moved then redis.call('LREM', inflight, -1, jid) else keep_own(inflight, worker, k, jid) end
+  end
   local sid, seq = split_job(jid)
-  if not sid then return {'skip', jid} end
+  if not sid then
+    if moved then redis.call('LREM', inflight, -1, jid) end
+    return {'skip', jid}
+  end
   local k = session_keys(P, sid)
   local j = redis.call('HMGET', k.jobs, job_fields(seq))
   local s = redis.call('HMGET', k.session, 'agent', 'options', 'state', 'version', 'steps', 'cancelled', 'blocked', 'exp', 'holder')
   local head = redis.call('LINDEX', k.inbox, 0)
-  if redis.call('EXISTS', P .. 'worker:' .. worker) == 0 then
+  if not moved and redis.call('EXISTS', P .. 'worker:' .. worker) == 0 then
     if j[1] and s[1] and head == jid and s[9] == '' and not s[7] then
       if s[6] then
         drop_cancelled(k, jid, seq, now, maxlen, j[2], s[5])
@@ -166,28 +176,31 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid)
       drop_cancelled(k, jid, seq, now, maxlen, j[2], s[5])
       seal(s[8], {k.events})
     else
-      keep_own(inflight, worker, k, jid)
+      unclaimed(k)
     end
     return {'skip', jid}
   end
   if (not j[1]) or (not s[1]) or s[7] or head ~= jid then
+    if moved then redis.call('LREM', inflight, -1, jid) end
     redis.call('HINCRBY', P .. 'stats', 'skipped', 1)
     return {'skip', jid}
   end
   if s[9] ~= '' then
     -- Held by a live claim: this copy is a duplicate and must not run.
     redis.call('HINCRBY', P .. 'stats', 'duplicate_claims', 1)
-    keep_own(inflight, worker, k, jid)
+    unclaimed(k)
     return {'skip', jid}
   end
   if tonumber(limit) > 0 and redis.call('SCARD', P .. 'active') >= tonumber(limit)
       and redis.call('SISMEMBER', P .. 'active', sid) == 0 then
+    if moved then redis.call('LREM', inflight, -1, jid) end
     redis.call('RPUSH', P .. 'parked', jid)
     return {'skip', jid}
   end
   if tonumber(limit) > 0 then redis.call('SADD', P .. 'active', sid) end
-  -- Held: the job stays in this worker's in-flight list, where a reaper finds it if we die.
-  redis.call('RPUSH', inflight, jid)
+  -- Held: the job stays in this worker's in-flight list (one entry), where a reaper finds it if
+  -- we die.
+  if not moved then redis.call('RPUSH', inflight, jid) end
   local attempt = tonumber(j[2] or '0') + 1
   redis.call('HSET', k.jobs, seq .. ':a', attempt)
   local step = tonumber(s[5]) + 1
