@@ -86,7 +86,9 @@ struct GuaranteeTests {
         let dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn)
         let dead = DeadLetterQueue(connection: conn, keys: keys)
         let p = ProtocolDriver(conn: conn, keys: keys)
-        let ttl = Duration.seconds(1)
+        // Short enough that everything expires within the test, long enough that a busy machine
+        // still dead-letters (and the test purges) a step before its session expires.
+        let ttl = Duration.seconds(2)
         func submit(_ id: String, _ input: JSONValue, maxAttempts: Int? = nil) async throws -> String {
             try await dispatcher.submit(
                 Submission(session: try SessionID(id), agent: "fault", input: input, ttl: ttl, maxAttempts: maxAttempts)
@@ -98,8 +100,8 @@ struct GuaranteeTests {
         config.maxAttempts = 1
         let cleared = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config) {
             _ = try await submit("plain", ["n": 1])
-            // Expires while its step runs (the step outlives the 1 s TTL plus its 1 s margin).
-            _ = try await submit("mid-step", ["n": 1, "fault": "hang", "ms": 3500])
+            // Expires while its step runs (the step outlives the 2 s TTL plus its 1 s margin).
+            _ = try await submit("mid-step", ["n": 1, "fault": "hang", "ms": 4500])
             _ = try await submit("cancelled", ["n": 1, "fault": "hang", "ms": 400])
             _ = try await submit("cancelled", ["n": 2])
             let purged = try await submit("purged", ["n": 1, "fault": "throw"])
@@ -109,7 +111,7 @@ struct GuaranteeTests {
             let isDead = await eventually(timeout: .seconds(10)) { (try? await dead.show(jobID: purged)) != nil }
             #expect(isDead)
             try await dead.purge(jobID: purged)
-            // The worker must still run when the mid-step session's step ends (3.5 s), or a
+            // The worker must still run when the mid-step session's step ends (4.5 s), or a
             // graceful stop releases that step instead of committing it late.
             _ = await eventually(timeout: .seconds(10), interval: .milliseconds(100)) {
                 ((try? await p.stat("stale_commits")) ?? 0) >= 1
