@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what Stepwise needs from Debian when it is missing: hiredis headers, redis-server,
-# redis-tools (redis-cli, redis-benchmark) and pkg-config. Idempotent; needs root to install.
+# Installs what Stepwise needs when it is missing: from Debian hiredis headers, redis-server,
+# redis-tools (redis-cli, redis-benchmark), pkg-config, curl, and for the gateway's browser test
+# chromium and chromium-driver; from PyPI selenium and schemathesis (the gateway's API checks).
+# Idempotent; needs root to install.
 set -euo pipefail
 missing=()
 pkg-config --exists hiredis 2>/dev/null || missing+=(libhiredis-dev)
@@ -8,6 +10,16 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v redis-benchmark >/dev/null || missing+=(redis-tools)
+command -v curl >/dev/null || missing+=(curl)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+python_missing=()
+python3 -c 'import selenium' 2>/dev/null || python_missing+=(selenium)
+command -v schemathesis >/dev/null || python_missing+=(schemathesis)
+if [ ${#python_missing[@]} -gt 0 ]; then
+  echo "installing ${python_missing[*]} with pip" >&2
+  python3 -m pip install -q "${python_missing[@]}" >&2
+fi
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
   echo "error: missing packages: ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2

@@ -23,8 +23,12 @@ struct SubmitCommand: AsyncParsableCommand {
     @Option(name: .customLong("option"), help: "A session setting key=value (value parsed as JSON when it is JSON). Repeatable.")
     var options: [String] = []
 
-    @Option(help: "Owner recorded on a new session; submits by another owner are refused.")
+    @Option(
+        help: "Submit as this owner: a new session belongs to it, and a session with an owner takes submits only from that owner.")
     var owner: String?
+
+    @Flag(help: "Submit as the operator: skip the owner check (the session's owner, TTL and options rules still apply otherwise).")
+    var asOperator = false
 
     @Option(help: "Makes re-submits with the same key return the first job id and enqueue nothing.")
     var idempotencyKey: String?
@@ -107,7 +111,8 @@ struct SubmitCommand: AsyncParsableCommand {
             try await dispatcher.submit(
                 Submission(
                     session: sessionID, agent: agent, owner: owner, input: try parsedInput(), options: try parsedOptions(),
-                    idempotencyKey: idempotencyKey, ttl: try ttl.map(ttlDuration), maxAttempts: maxAttempts))
+                    idempotencyKey: idempotencyKey, ttl: try ttl.map(ttlDuration), maxAttempts: maxAttempts,
+                    asOperator: asOperator))
         }
         if json {
             output(
