@@ -64,8 +64,9 @@ public struct EventFeed: Sendable {
     ///   - session: the session, already checked to belong to the caller.
     ///   - after: the last event the client has (`.zero` for all).
     ///   - follow: `false` returns after the catch-up (a plain read).
+    ///   - stopAtEnd: `false` keeps following after `end` (a WebSocket client may submit again).
     public func run(
-        session id: SessionID, snapshot: SessionSnapshot, after: EventID, follow: Bool = true,
+        session id: SessionID, snapshot: SessionSnapshot, after: EventID, follow: Bool = true, stopAtEnd: Bool = true,
         send: (FeedMessage) async throws -> Void
     ) async throws {
         let sessions = SessionStore(connection: store.connection, keys: store.keys)
@@ -85,9 +86,11 @@ public struct EventFeed: Sendable {
                 position = eid
                 try await send(.event(e))
                 if follow, Self.mayEnd(e), let now = try await sessions.session(id), Self.isSettled(now) {
-                    ended = true
                     try await send(.end(now))
-                    return
+                    if stopAtEnd {
+                        ended = true
+                        return
+                    }
                 }
             }
         }
@@ -102,7 +105,7 @@ public struct EventFeed: Sendable {
             // Drain what was written between the last read and the check, then end.
             try await deliver(try await store.events(of: id, after: position, count: pageSize))
             if !ended { try await send(.end(now)) }
-            return
+            if stopAtEnd { return }
         }
         let subscription = await hub.subscribe(session: id, stream: store.keys.events(id), position: position)
         defer { hub.unsubscribe(subscription) }

@@ -360,7 +360,7 @@ public struct Gateway: Sendable {
         let feed = self.feed
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
-                try await feed.run(session: snapshot.id, snapshot: snapshot, after: after) { message in
+                try await feed.run(session: snapshot.id, snapshot: snapshot, after: after, stopAtEnd: false) { message in
                     if let text = Self.wsMessage(message) { try await outbound.writeTextMessage(text) }
                 }
             }

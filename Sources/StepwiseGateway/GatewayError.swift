@@ -1,5 +1,6 @@
 import HTTPTypes
 import Hummingbird
+import NIOCore
 import StepwiseCore
 import StepwiseRedis
 
@@ -52,6 +53,8 @@ public struct GatewayError: Error, Sendable, CustomStringConvertible {
         case is RedisError:
             return GatewayError(
                 .serviceUnavailable, "redis_unavailable", "Redis is unreachable: try again later", headers: [.retryAfter: "2"])
+        case is NIOTooManyBytesError:
+            return GatewayError(.contentTooLarge, "body_too_large", "the request body is over the limit")
         case let e as HTTPError:
             switch e.status {
             case .contentTooLarge: return GatewayError(.contentTooLarge, "body_too_large", "the request body is over the limit")

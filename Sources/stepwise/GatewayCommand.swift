@@ -77,7 +77,8 @@ struct GatewayCommand: AsyncParsableCommand {
         let logger = connection.makeLogger(label: "stepwise.gateway", defaultLevel: .info)
         let (host, port) = try parsedListen()
         let tokens = try TokenAuthority(secret: try key.secret())
-        let command = try await connection.connect(name: "stepwise:gateway", logger: logger)
+        // Connection names carry the port, so `CLIENT LIST` tells this gateway's connections apart.
+        let command = try await connection.connect(name: "stepwise:gateway@\(port)", logger: logger)
         let names =
             agents.map { Set($0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }) }
             ?? Set(AgentRegistry.builtIn.names)
@@ -85,7 +86,7 @@ struct GatewayCommand: AsyncParsableCommand {
             configuration: .init(readers: hubReaders, bufferLimit: subscriberBuffer, keepAlive: .seconds(keepAliveSeconds)),
             control: command, logger: logger
         ) { i in
-            RedisConnection(configuration: connection.redisConfiguration(name: "stepwise:gateway-hub-\(i)"), logger: logger)
+            RedisConnection(configuration: connection.redisConfiguration(name: "stepwise:gateway@\(port)-hub-\(i)"), logger: logger)
         }
         let gateway = Gateway(
             connection: command, keys: connection.keys, tokens: tokens, hub: hub,

@@ -30,9 +30,8 @@ final class GatewayHarness: Sendable {
             binary: binary,
             arguments: ["gateway", "--listen", "127.0.0.1:\(port)", "--log-level", logLevel] + common + gatewayArguments,
             environment: env)
-        workers = try (0..<count).map { _ in
-            try ChildProcess(binary: binary, arguments: ["worker", "--concurrency", "4"] + common)
-        }
+        let workerArguments = ["worker", "--concurrency", "4"] + common
+        workers = try (0..<count).map { _ in try ChildProcess(binary: binary, arguments: workerArguments) }
         let port = self.port
         let up = await eventually(timeout: .seconds(20), interval: .milliseconds(50)) {
             (try? await Self.curl(["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/healthz"]))?.output == "200"

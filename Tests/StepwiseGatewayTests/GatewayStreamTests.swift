@@ -123,21 +123,9 @@ struct GatewayStreamTests {
         func health() async -> JSONValue? { try? await gw.request("GET", "/healthz").json }
         #expect(await eventually(timeout: .seconds(20)) { await health()?["subscribers"]?.intValue == 40 })
         #expect(await health()?["streams"]?.intValue == 40)
-        // Count this gateway process's TCP connections to Redis (other tests' gateways may run too).
-        let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(gw.gateway.pid)/fd")
-        let redisPort = try #require(TestRedis.url?.split(separator: ":").last.flatMap { Int($0) })
-        let tcp = try String(contentsOfFile: "/proc/\(gw.gateway.pid)/net/tcp", encoding: .utf8)
-        let inodes = Set(
-            fds.compactMap { fd in
-                (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(gw.gateway.pid)/fd/\(fd)")).flatMap { link in
-                    link.hasPrefix("socket:[") ? String(link.dropFirst(8).dropLast()) : nil
-                }
-            })
-        let toRedis = tcp.split(separator: "\n").dropFirst().filter { line in
-            let cols = line.split(separator: " ")
-            guard cols.count > 9, let remotePort = Int(cols[2].split(separator: ":").last ?? "", radix: 16) else { return false }
-            return remotePort == redisPort && cols[3] == "01" && inodes.contains(String(cols[9]))
-        }
+        // This gateway's connections carry its port in their names.
+        let list = try await TestRedis.connection().send(["CLIENT", "LIST"]).string ?? ""
+        let toRedis = list.split(separator: "\n").filter { $0.contains("name=stepwise:gateway@\(gw.port)") }
         #expect((1...4).contains(toRedis.count), "the gateway holds \(toRedis.count) Redis connections for 40 subscribers")
         // Disconnect 10: released at once, not at the next keep-alive.
         for c in clients.prefix(10) { c.signal(SIGKILL) }
@@ -169,7 +157,10 @@ struct GatewayStreamTests {
                 if value["type"]?.stringValue == "submitted" {
                     try await outbound.writeTextMessage(#"{"op":"cancel","id":4}"#)
                 }
-                if value["type"]?.stringValue == "end" { break }
+                // `end` tells the session settled; the socket stays open for more operations.
+                if value["type"]?.stringValue == "end", seen.withLock({ $0.contains { $0["type"]?.stringValue == "cancelled" } }) {
+                    break
+                }
             }
         }
         let messages = seen.withLock { $0 }
