@@ -293,6 +293,13 @@ public struct Gateway: Sendable {
         let wantsStream = request.headers[.accept]?.contains("text/event-stream") ?? false
         let (claims, snapshot) = try await owned(request, parameters, allowTicket: wantsStream)
         let after = try Self.resumePoint(request)
+        // `stay=true`: keep streaming after `end` (a dashboard that outlives one exchange).
+        let stay: Bool
+        switch request.uri.queryParameters.get("stay") {
+        case nil, "false": stay = false
+        case "true": stay = true
+        default: throw GatewayError.badRequest("invalid_argument", "stay must be true or false")
+        }
         guard wantsStream else {
             var events: [JSONValue] = []
             var reset: JSONValue = .null
@@ -317,7 +324,7 @@ public struct Gateway: Sendable {
                 defer { lease.release() }
                 try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
                 _ = try? await request.body.consumeWithCancellationOnInboundClose { _ in
-                    try await feed.run(session: snapshot.id, snapshot: snapshot, after: after) { message in
+                    try await feed.run(session: snapshot.id, snapshot: snapshot, after: after, stopAtEnd: !stay) { message in
                         try await writer.write(ByteBuffer(string: Self.sse(message)))
                     }
                 }
