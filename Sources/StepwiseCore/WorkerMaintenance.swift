@@ -228,7 +228,8 @@ extension Worker {
         guard (listed.int ?? 0) > 0 || (marker.int ?? 0) > 0 else { return }
         _ = try await conn.send(["DEL", RedisArgument(keys.heartbeat(worker: workerID))]).throwingServerError()
         let n = try await reap(workerID, on: conn, pruneAfter: pruneAfter)
-        logger.info("recovered the in-flight jobs of a previous process with this worker id", metadata: [LogKeys.count: .stringConvertible(n)])
+        logger.info(
+            "recovered the in-flight jobs of a previous process with this worker id", metadata: [LogKeys.count: .stringConvertible(n)])
     }
 
     /// Arms the crash marker: a crash signal (a trap, abort, segfault) makes this process write

@@ -63,7 +63,9 @@ struct EngineTests {
         _ = try await dispatcher.submit(Submission(session: id, agent: "counter", owner: "ann", input: 1))
         #expect(await stepwiseErrorCode { try await dispatcher.submit(Submission(session: id, agent: "echo", input: 1)) } == .agentMismatch)
         #expect(await stepwiseErrorCode { try await dispatcher.submit(Submission(session: id, owner: "bob", input: 1)) } == .notOwner)
-        #expect(await stepwiseErrorCode { try await dispatcher.submit(Submission(session: try SessionID("new"), input: 1)) } == .sessionNotFound)
+        #expect(
+            await stepwiseErrorCode { try await dispatcher.submit(Submission(session: try SessionID("new"), input: 1)) } == .sessionNotFound
+        )
         #expect(await stepwiseErrorCode { try await dispatcher.submit(Submission(session: id, agent: "nope", input: 1)) } == .unknownAgent)
         let big = JSONValue.string(String(repeating: "x", count: 300 * 1024))
         #expect(await stepwiseErrorCode { try await dispatcher.submit(Submission(session: id, input: big)) } == .inputTooLarge)

@@ -13,7 +13,8 @@ func stepwiseErrorCode(_ body: () async throws -> Void) async -> StepwiseError.C
     }
 }
 
-func stepwiseErrorCode(_ body: () throws -> Void) -> StepwiseError.Code? {
+/// The synchronous form of ``stepwiseErrorCode(_:)``.
+func syncStepwiseErrorCode(_ body: () throws -> Void) -> StepwiseError.Code? {
     do {
         try body()
         return nil

@@ -484,7 +484,8 @@ struct FaultTests {
         // chance to run, which they must not).
         let other = try SessionID("e-other")
         let otherInputs: [JSONValue] = (1...3).map { ["n": .int($0)] }
-        _ = try await dispatcher.submit(otherInputs.map { Submission(session: other, agent: "counter", input: $0, options: ["ms": 100]) }).receipts()
+        _ = try await dispatcher.submit(otherInputs.map { Submission(session: other, agent: "counter", input: $0, options: ["ms": 100]) })
+            .receipts()
         let served = await eventually(timeout: .seconds(20)) { await allSteps(conn, keys, [other], equal: 3) }
         #expect(served, "the worker served another session after the cancel: \(worker.output.suffix(1500))")
         all = try await events(conn, keys, id)

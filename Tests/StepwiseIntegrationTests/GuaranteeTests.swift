@@ -42,7 +42,9 @@ struct GuaranteeTests {
         try #require(running, "\(pool.logs())")
         _ = try await conn.send(["CONFIG", "SET", "maxmemory", "1"]).throwingServerError()
         // A submit now reports the OOM refusal itself, alone or in a batch.
-        let refused = await dispatcher.submit([Submission(session: sessions[0], input: ["n": 99]), Submission(session: sessions[1], input: ["n": 99])])
+        let refused = await dispatcher.submit([
+            Submission(session: sessions[0], input: ["n": 99]), Submission(session: sessions[1], input: ["n": 99]),
+        ])
         for r in refused {
             guard case .failure(let e as RedisServerError) = r else {
                 Issue.record("expected the OOM refusal, got \(r)")
@@ -61,7 +63,9 @@ struct GuaranteeTests {
         _ = try await conn.send(["CONFIG", "SET", "maxmemory", "0"]).throwingServerError()
         #expect(pool.logs().contains("redis is out of memory"), "workers log it")
         let done = await eventually(timeout: .seconds(40)) {
-            guard let replies = try? await conn.pipeline(sessions.map { ["HGET", RedisArgument(keys.session($0)), "steps"] }) else { return false }
+            guard let replies = try? await conn.pipeline(sessions.map { ["HGET", RedisArgument(keys.session($0)), "steps"] }) else {
+                return false
+            }
             return replies.allSatisfy { $0.int == 6 }
         }
         #expect(done, "every session finished by itself once memory was back: \(pool.logs())")
@@ -107,7 +111,9 @@ struct GuaranteeTests {
             try await dead.purge(jobID: purged)
             return await eventually(timeout: .seconds(25), interval: .milliseconds(200)) {
                 let left = (try? await p.allKeys()) ?? ["?"]
-                return left.allSatisfy { ["stats", "seq", "cancels", "workers", "worker:orphans-w"].contains(String($0.dropFirst(keys.prefix.count))) }
+                return left.allSatisfy {
+                    ["stats", "seq", "cancels", "workers", "worker:orphans-w"].contains(String($0.dropFirst(keys.prefix.count)))
+                }
             }
         }
         let left = try await p.allKeys().map { String($0.dropFirst(keys.prefix.count)) }

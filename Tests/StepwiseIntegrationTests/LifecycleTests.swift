@@ -113,8 +113,11 @@ struct LifecycleTests {
     @Test func badInputIsRejectedAtSubmitAndWritesNothing() async throws {
         let id = try SessionID("big")
         let big = JSONValue.string(String(repeating: "z", count: 300 * 1024))
-        #expect(await stepwiseErrorCode { _ = try await dispatcher.submit(Submission(session: id, agent: "echo", input: big)) } == .inputTooLarge)
-        #expect(await stepwiseErrorCode { _ = try await dispatcher.submit(Submission(session: id, agent: "nope", input: 1)) } == .unknownAgent)
+        #expect(
+            await stepwiseErrorCode { _ = try await dispatcher.submit(Submission(session: id, agent: "echo", input: big)) }
+                == .inputTooLarge)
+        #expect(
+            await stepwiseErrorCode { _ = try await dispatcher.submit(Submission(session: id, agent: "nope", input: 1)) } == .unknownAgent)
         #expect(await stepwiseErrorCode { _ = try await dispatcher.submit(Submission(session: id, input: 1)) } == .sessionNotFound)
         #expect(try await store.session(id) == nil)
         #expect(try await conn.send(["EXISTS", RedisArgument(keys.inbox(id)), RedisArgument(keys.events(id))]).int == 0)
@@ -129,8 +132,12 @@ struct LifecycleTests {
         let third = try results[2].get()
         #expect(first.enqueued && third.enqueued && first.jobID != third.jobID)
         #expect(throws: StepwiseError.self) { try results[1].get() }
-        if case .failure(let error as StepwiseError) = results[1] { #expect(error.code == .inputTooLarge) } else { Issue.record("no typed error") }
-        #expect(stepwiseErrorCode { _ = try results.receipts() } == .inputTooLarge)
+        if case .failure(let error as StepwiseError) = results[1] {
+            #expect(error.code == .inputTooLarge)
+        } else {
+            Issue.record("no typed error")
+        }
+        #expect(syncStepwiseErrorCode { _ = try results.receipts() } == .inputTooLarge)
         let inbox = try await conn.send(["LRANGE", RedisArgument(keys.inbox(id)), 0, -1]).array?.compactMap(\.string)
         #expect(inbox == [first.jobID, third.jobID])
     }
@@ -147,12 +154,14 @@ struct LifecycleTests {
         #expect(try await conn.send(["LLEN", RedisArgument(keys.ready)]).int == 0)
         let cancelled = try #require(try await events(id).first { $0.type == "session.cancelled" })
         #expect(cancelled.fields["reason"] == "user left")
-        #expect(await stepwiseErrorCode {
-            _ = try await dispatcher.submit(Submission(session: id, input: 1))
-        } == .sessionCancelled)
-        #expect(await stepwiseErrorCode {
-            _ = try await dispatcher.cancel(try SessionID("nobody"), reason: "x")
-        } == .sessionNotFound)
+        #expect(
+            await stepwiseErrorCode {
+                _ = try await dispatcher.submit(Submission(session: id, input: 1))
+            } == .sessionCancelled)
+        #expect(
+            await stepwiseErrorCode {
+                _ = try await dispatcher.cancel(try SessionID("nobody"), reason: "x")
+            } == .sessionNotFound)
     }
 
     @Test func aRunningStepIsCancelledWithItsSession() async throws {

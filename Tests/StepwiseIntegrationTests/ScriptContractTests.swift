@@ -48,27 +48,42 @@ struct ScriptContractTests {
                 argument: 8, "soon")
         },
         Case(name: "submit: max attempts 0") { s, _, _, _ in
-            with(s.submit(.init(session: try! SessionID("x"), agent: "counter", input: "1", initialState: "{}", defaultTTLMilliseconds: 0), now: 1), argument: 10, "0")
+            with(
+                s.submit(
+                    .init(session: try! SessionID("x"), agent: "counter", input: "1", initialState: "{}", defaultTTLMilliseconds: 0), now: 1
+                ), argument: 10, "0")
         },
-        Case(name: "claim: worker id with a space") { s, _, _, _ in with(s.claim(worker: "w", jobID: nil, now: 1, activeLimit: 0), argument: 1, "w x") },
+        Case(name: "claim: worker id with a space") { s, _, _, _ in
+            with(s.claim(worker: "w", jobID: nil, now: 1, activeLimit: 0), argument: 1, "w x")
+        },
         Case(name: "claim: in-flight key of another worker") { s, k, _, _ in
             var c = s.claim(worker: "w", jobID: nil, now: 1, activeLimit: 0)
             c.keys[1] = RedisArgument(k.inflight(worker: "other"))
             return c
         },
         Case(name: "commit: unknown outcome") { s, _, job, holder in
-            s.commit(.init(worker: "w", jobID: job, holder: holder, outcome: .wait, state: "{}", payload: "", fetchNext: false, activeLimit: 0), now: 1)
-                .replacing(argument: 6, "explode")
+            s.commit(
+                .init(worker: "w", jobID: job, holder: holder, outcome: .wait, state: "{}", payload: "", fetchNext: false, activeLimit: 0),
+                now: 1
+            )
+            .replacing(argument: 6, "explode")
         },
         Case(name: "commit: a token of another worker") { s, _, job, _ in
-            s.commit(.init(worker: "w", jobID: job, holder: "other/1", outcome: .wait, state: "{}", payload: "", fetchNext: false, activeLimit: 0), now: 1)
+            s.commit(
+                .init(
+                    worker: "w", jobID: job, holder: "other/1", outcome: .wait, state: "{}", payload: "", fetchNext: false, activeLimit: 0),
+                now: 1)
         },
         Case(name: "commit: negative retry delay") { s, _, job, holder in
-            s.commit(.init(worker: "w", jobID: job, holder: holder, outcome: .retry, state: "{}", payload: "", fetchNext: false, activeLimit: 0), now: 1)
-                .replacing(argument: 11, "-5")
+            s.commit(
+                .init(worker: "w", jobID: job, holder: holder, outcome: .retry, state: "{}", payload: "", fetchNext: false, activeLimit: 0),
+                now: 1
+            )
+            .replacing(argument: 11, "-5")
         },
         Case(name: "release: unknown reason") { s, _, job, holder in
-            s.release(worker: "w", jobID: job, holder: holder, reason: .shutdown, now: 1, activeLimit: 0, uncount: true).replacing(argument: 6, "why")
+            s.release(worker: "w", jobID: job, holder: holder, reason: .shutdown, now: 1, activeLimit: 0, uncount: true).replacing(
+                argument: 6, "why")
         },
         Case(name: "release: bad job id") { s, _, _, holder in
             s.release(worker: "w", jobID: "no-colon", holder: holder, reason: .shutdown, now: 1, activeLimit: 0, uncount: true)
@@ -78,17 +93,26 @@ struct ScriptContractTests {
             c.keys[2] = RedisArgument(k.heartbeat(worker: "other"))
             return c
         },
-        Case(name: "heartbeat: unknown status") { s, _, _, _ in s.heartbeat(worker: "w", ttl: .seconds(1), status: .ok).replacing(argument: 3, "fine") },
-        Case(name: "heartbeat: ttl 0") { s, _, _, _ in s.heartbeat(worker: "w", ttl: .seconds(1), status: .ok).replacing(argument: 2, "0") },
-        Case(name: "progress: empty token") { s, _, job, _ in s.progress(jobID: job, holder: "", step: 1, attempt: 1, now: 1, message: "", data: "", solo: false) },
+        Case(name: "heartbeat: unknown status") { s, _, _, _ in
+            s.heartbeat(worker: "w", ttl: .seconds(1), status: .ok).replacing(argument: 3, "fine")
+        },
+        Case(name: "heartbeat: ttl 0") { s, _, _, _ in s.heartbeat(worker: "w", ttl: .seconds(1), status: .ok).replacing(argument: 2, "0")
+        },
+        Case(name: "progress: empty token") { s, _, job, _ in
+            s.progress(jobID: job, holder: "", step: 1, attempt: 1, now: 1, message: "", data: "", solo: false)
+        },
         Case(name: "promote: keys of another namespace") { s, _, _, _ in
             var c = s.promote()
             c.keys[0] = "elsewhere:delayed"
             return c
         },
         Case(name: "cancel: empty reason") { s, _, _, _ in s.cancel(session: try! SessionID("x"), reason: "", now: 1) },
-        Case(name: "touch: ttl not a number") { s, _, _, _ in s.touch(session: try! SessionID("x"), now: 1, ttlMilliseconds: 5).replacing(argument: 3, "1h") },
-        Case(name: "dead_letter: unknown action") { s, _, job, _ in s.deadLetter(jobID: job, action: .retry, now: 1).replacing(argument: 2, "resurrect") },
+        Case(name: "touch: ttl not a number") { s, _, _, _ in
+            s.touch(session: try! SessionID("x"), now: 1, ttlMilliseconds: 5).replacing(argument: 3, "1h")
+        },
+        Case(name: "dead_letter: unknown action") { s, _, job, _ in
+            s.deadLetter(jobID: job, action: .retry, now: 1).replacing(argument: 2, "resurrect")
+        },
         Case(name: "sweep: limit not a number") { s, _, _, _ in s.sweep(activeLimit: 0).replacing(argument: 1, "many") },
     ]
 
