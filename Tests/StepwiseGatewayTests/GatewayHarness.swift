@@ -22,22 +22,36 @@ final class GatewayHarness: Sendable {
         let binary = try #require(TestRedis.binary)
         let url = try #require(TestRedis.url)
         keys = try TestRedis.uniqueKeys()
-        port = try RedisServerProcess.freeLoopbackPort()
         common = ["--redis", url, "--namespace", keys.namespace]
         tokens = try TokenAuthority(secret: Array(Self.secret.utf8))
         let env = ["STEPWISE_TOKEN_KEY": Self.secret]
-        gateway = try ChildProcess(
-            binary: binary,
-            arguments: ["gateway", "--listen", "127.0.0.1:\(port)", "--log-level", logLevel] + common + gatewayArguments,
-            environment: env)
-        let workerArguments = ["worker", "--concurrency", "4"] + common
-        workers = try (0..<count).map { _ in try ChildProcess(binary: binary, arguments: workerArguments) }
-        let port = self.port
-        let up = await eventually(timeout: .seconds(20), interval: .milliseconds(50)) {
-            (try? await Self.curl(["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/healthz"]))?.output == "200"
+        // A free port can be taken by another test before the gateway binds it: try up to 3.
+        var started: (Int, ChildProcess)?
+        var lastOutput = ""
+        for _ in 0..<3 where started == nil {
+            let port = try RedisServerProcess.freeLoopbackPort()
+            let process = try ChildProcess(
+                binary: binary,
+                arguments: ["gateway", "--listen", "127.0.0.1:\(port)", "--log-level", logLevel] + common + gatewayArguments,
+                environment: env)
+            let up = await eventually(timeout: .seconds(20), interval: .milliseconds(50)) {
+                guard process.isRunning else { return true }
+                return (try? await Self.curl(["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/healthz"]))?.output
+                    == "200"
+            }
+            if up && process.isRunning {
+                started = (port, process)
+            } else {
+                lastOutput = process.output
+                process.signal(SIGKILL)
+            }
         }
-        if !up { stop() }
-        try #require(up, "gateway answers /healthz: \(gateway.output.suffix(800))")
+        let up = started != nil
+        port = started?.0 ?? 0
+        gateway = try started?.1 ?? ChildProcess(binary: "/bin/true", arguments: [])
+        let workerArguments = ["worker", "--concurrency", "4"] + common
+        workers = try (0..<(up ? count : 0)).map { _ in try ChildProcess(binary: binary, arguments: workerArguments) }
+        try #require(up, "gateway answers /healthz: \(lastOutput.suffix(800))")
     }
 
     func stop() {
