@@ -109,6 +109,11 @@ struct GuaranteeTests {
             let isDead = await eventually(timeout: .seconds(10)) { (try? await dead.show(jobID: purged)) != nil }
             #expect(isDead)
             try await dead.purge(jobID: purged)
+            // The worker must still run when the mid-step session's step ends (3.5 s), or a
+            // graceful stop releases that step instead of committing it late.
+            _ = await eventually(timeout: .seconds(10), interval: .milliseconds(100)) {
+                ((try? await p.stat("stale_commits")) ?? 0) >= 1
+            }
             return await eventually(timeout: .seconds(25), interval: .milliseconds(200)) {
                 let left = (try? await p.allKeys()) ?? ["?"]
                 return left.allSatisfy {
