@@ -142,8 +142,14 @@ async def main():
     deadline = time.time() + 120
     while connected + errors < args.subscribers and time.time() < deadline:
         await asyncio.sleep(0.1)
+    # Every subscriber has finished its catch-up and joined the hub before the measurement.
+    while time.time() < deadline:
+        h = json.load(urllib.request.urlopen(args.base + "/healthz", timeout=10))
+        if h.get("subscribers", 0) >= connected:
+            break
+        await asyncio.sleep(0.2)
     connect_s = time.time() - t0
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.0)
     idle_rss = rss_kb(args.gateway_pid)
     conns = redis_connections()
     health = json.load(urllib.request.urlopen(args.base + "/healthz", timeout=10))
