@@ -80,12 +80,15 @@ public struct EventFeed: Sendable {
             try await send(.reset(reason: reason, session: now, resumeFrom: position))
         }
         var ended = false
+        // Where the last `end` was sent: one `end` per settled position, never two in a row.
+        var endAt: EventID?
         func deliver(_ events: [StepEvent]) async throws {
             for e in events {
                 guard let eid = EventID(e.id), position < eid else { continue }
                 position = eid
                 try await send(.event(e))
                 if follow, Self.mayEnd(e), let now = try await sessions.session(id), Self.isSettled(now) {
+                    endAt = position
                     try await send(.end(now))
                     if stopAtEnd {
                         ended = true
@@ -104,7 +107,10 @@ public struct EventFeed: Sendable {
         if let now = try await sessions.session(id), Self.isSettled(now) {
             // Drain what was written between the last read and the check, then end.
             try await deliver(try await store.events(of: id, after: position, count: pageSize))
-            if !ended { try await send(.end(now)) }
+            if !ended && endAt != position {
+                endAt = position
+                try await send(.end(now))
+            }
             if stopAtEnd { return }
         }
         let subscription = await hub.subscribe(session: id, stream: store.keys.events(id), position: position)

@@ -187,4 +187,17 @@ struct GatewayAPITests {
             #expect(r.json["error"]?["code"]?.stringValue != "not_found", "\(entry) is routed: \(r.status)")
         }
     }
+
+    @Test func thePageIsOneSelfContainedFileFromTheBinary() async throws {
+        let gw = try await GatewayHarness(workers: 0)
+        defer { gw.stop() }
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("page-\(UUID().uuidString).html").path
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let (rc, headers) = try await GatewayHarness.curl(["-s", "-D", "-", "-o", out, gw.base + "/"])
+        #expect(rc == 0 && headers.contains("200") && headers.lowercased().contains("content-type: text/html"))
+        let html = try String(contentsOfFile: out, encoding: .utf8)
+        #expect(html.contains("<script>") && html.contains("<style>") && html.contains("EventSource"))
+        #expect(!html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("@import"), "nothing from a CDN")
+        #expect(html.contains("/touch"), "the page sends the touch heartbeat")
+    }
 }

@@ -66,6 +66,25 @@ struct GatewayStreamTests {
         }
     }
 
+    @Test func stayKeepsTheStreamOpenAfterEndForTheNextStep() async throws {
+        let gw = try await GatewayHarness()
+        defer { gw.stop() }
+        let alice = try gw.token("alice")
+        let create = try await gw.request("POST", "/v1/sessions", token: alice, body: #"{"agent":"echo","input":"one"}"#)
+        let id = try #require(create.json["session"]?.stringValue)
+        let client = try gw.stream("/v1/sessions/\(id)/events?stay=true", headers: ["Authorization": "Bearer \(alice)"])
+        defer { client.signal(SIGKILL) }
+        #expect(await eventually(timeout: .seconds(20)) { client.output.contains("event: end") })
+        _ = try await gw.request("POST", "/v1/sessions/\(id)/steps", token: alice, body: #"{"input":"two"}"#)
+        #expect(await eventually(timeout: .seconds(20)) { client.output.components(separatedBy: "event: end").count == 3 })
+        #expect(client.isRunning, "still open after the second end")
+        let completed = parseSSE(client.output).filter { $0.data.contains("\"step.completed\"") }
+        #expect(completed.count == 2)
+        let bad = try await gw.request(
+            "GET", "/v1/sessions/\(id)/events?stay=maybe", token: alice, headers: ["Accept": "text/event-stream"])
+        #expect(bad.status == 400 && bad.json["error"]?["code"]?.stringValue == "invalid_argument")
+    }
+
     @Test func aTrimmedOrUnknownResumePointGetsAnExplicitReset() async throws {
         let gw = try await GatewayHarness()
         defer { gw.stop() }

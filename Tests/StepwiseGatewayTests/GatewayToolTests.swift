@@ -40,7 +40,9 @@ struct GatewayToolTests {
         let p = try ChildProcess(
             binary: "/usr/bin/env",
             arguments: [
-                "schemathesis", "run", gw.base + "/openapi.json", "-H", "Authorization: Bearer \(token)",
+                // In a scratch folder: schemathesis keeps a cache in its working directory.
+                "-C", FileManager.default.temporaryDirectory.path, "schemathesis", "run", gw.base + "/openapi.json", "-H",
+                "Authorization: Bearer \(token)",
                 "--checks", "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
                 "--max-examples", "20", "--request-timeout", "10", "--generation-deterministic", "--exclude-path", "/v1/sessions/{id}/ws",
             ], environment: ["SCHEMATHESIS_TELEMETRY": "false", "NO_COLOR": "1"])
