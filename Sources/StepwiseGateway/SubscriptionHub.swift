@@ -197,7 +197,9 @@ public final class SubscriptionHub: Service, Sendable {
 
     private func tick() async {
         while !Self.stopping {
-            do { try await Task.sleep(for: configuration.keepAlive) } catch { return }
+            // A graceful shutdown ends the wait at once, not after up to one keep-alive interval.
+            let interval = configuration.keepAlive
+            do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) } } catch { return }
             for reader in readers {
                 let subs = reader.state.withLock { s in s.streams.values.flatMap { $0.subscribers.values } }
                 for sub in subs where !sub.deliver(.keepAlive) { unsubscribe(sub) }
