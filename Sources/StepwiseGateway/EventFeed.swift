@@ -1,3 +1,4 @@
+import ServiceLifecycle
 import StepwiseCore
 import StepwiseRedis
 
@@ -118,7 +119,8 @@ public struct EventFeed: Sendable {
         if position < subscription.registeredAt {
             try await deliver(try await store.events(of: id, after: position, through: subscription.registeredAt, count: 10_000))
         }
-        for await delivery in subscription.deliveries {
+        // A graceful shutdown ends the stream (the client resumes elsewhere with its last id).
+        for await delivery in subscription.deliveries.cancelOnGracefulShutdown() {
             try Task.checkCancellation()
             switch delivery {
             case .events(let events): try await deliver(events)

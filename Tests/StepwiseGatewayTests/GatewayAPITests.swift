@@ -200,4 +200,17 @@ struct GatewayAPITests {
         #expect(!html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("@import"), "nothing from a CDN")
         #expect(html.contains("/touch"), "the page sends the touch heartbeat")
     }
+
+    @Test func sigtermStopsTheGatewayAtOnceEvenWithAnOpenStream() async throws {
+        let gw = try await GatewayHarness(workers: 0)
+        defer { gw.stop() }
+        let alice = try gw.token("alice")
+        let id = try await gw.createQuiz(token: alice)
+        let client = try gw.stream("/v1/sessions/\(id)/events", headers: ["Authorization": "Bearer \(alice)"])
+        defer { client.signal(SIGKILL) }
+        #expect(await eventually(timeout: .seconds(10)) { (try? await gw.request("GET", "/healthz").json["subscribers"]?.intValue) == 1 })
+        gw.gateway.signal(SIGTERM)
+        #expect(await gw.gateway.wait(timeout: .seconds(5)) == 0, "\(gw.gateway.output.suffix(600))")
+        #expect(await client.wait(timeout: .seconds(5)) != nil, "the stream was closed")
+    }
 }
