@@ -19,12 +19,16 @@ let package = Package(
         .library(name: "StepwiseCore", targets: ["StepwiseCore"]),
         .library(name: "StepwiseAgents", targets: ["StepwiseAgents"]),
         .library(name: "StepwiseRedis", targets: ["StepwiseRedis"]),
+        .library(name: "StepwiseGateway", targets: ["StepwiseGateway"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket", from: "2.8.1"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -52,6 +56,21 @@ let package = Package(
             resources: luaScripts.map { .embedInCode("Lua/\($0).lua") },
             swiftSettings: swiftSettings
         ),
+        // The HTTP/SSE/WebSocket gateway: heavy dependencies (Hummingbird, swift-crypto) stay out of the core.
+        .target(
+            name: "StepwiseGateway",
+            dependencies: [
+                "StepwiseCore",
+                "StepwiseRedis",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            resources: [.embedInCode("Web/index.html"), .embedInCode("Web/openapi.json")],
+            swiftSettings: swiftSettings
+        ),
         // A crash signal handler that tells Redis this worker crashed (async-signal-safe C).
         .target(name: "CStepwiseCrash"),
         .target(
@@ -74,6 +93,7 @@ let package = Package(
                 "StepwiseCore",
                 "StepwiseAgents",
                 "StepwiseRedis",
+                "StepwiseGateway",
                 // RedisServerProcess: `loadtest --start-redis` runs (and, for chaos, restarts) its own redis-server.
                 "StepwiseTesting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -92,6 +112,14 @@ let package = Package(
         .testTarget(
             name: "StepwiseCoreTests",
             dependencies: ["StepwiseCore", "StepwiseAgents"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "StepwiseGatewayTests",
+            dependencies: [
+                "StepwiseCore", "StepwiseAgents", "StepwiseRedis", "StepwiseTesting", "StepwiseGateway",
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -21,3 +21,5 @@ if [ "${SCALING:-0}" = 1 ]; then
   echo "## stepwise loadtest: scaling run (scripts/loadtest.sh)"
   REDIS_URL="redis://127.0.0.1:$port" WORKERS=1,2,4,8 SESSIONS=800 STEPS=40 STEP_MS=50 CONCURRENCY=50 scripts/loadtest.sh
 fi
+echo "## gateway: SSE subscribers (scripts/bench-gateway.sh)"
+scripts/bench-gateway.sh

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs what Stepwise needs from Debian when it is missing: hiredis headers, redis-server,
-# redis-tools (redis-cli, redis-benchmark), pkg-config, stunnel4 and openssl (the TLS recipe
-# of docs/SECURITY.md and its test), spin and gcc (the protocol model, docs/MODEL.md).
+# Installs what Stepwise needs when it is missing: from Debian hiredis headers, redis-server,
+# redis-tools (redis-cli, redis-benchmark), pkg-config, curl, stunnel4 and openssl (the TLS
+# recipe of docs/SECURITY.md and its test), spin and gcc (the protocol model, docs/MODEL.md),
+# and for the gateway's browser test chromium and chromium-driver; from PyPI selenium and
+# schemathesis (the gateway's API checks).
 # Idempotent; needs root to install.
 set -euo pipefail
 missing=()
@@ -14,6 +16,16 @@ command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing+=(stu
 command -v openssl >/dev/null || missing+=(openssl)
 command -v spin >/dev/null || missing+=(spin)
 command -v gcc >/dev/null || missing+=(gcc)
+command -v curl >/dev/null || missing+=(curl)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+python_missing=()
+python3 -c 'import selenium' 2>/dev/null || python_missing+=(selenium)
+command -v schemathesis >/dev/null || python_missing+=(schemathesis)
+if [ ${#python_missing[@]} -gt 0 ]; then
+  echo "installing ${python_missing[*]} with pip" >&2
+  python3 -m pip install -q "${python_missing[@]}" >&2
+fi
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
   echo "error: missing packages: ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2

@@ -6,8 +6,12 @@ public struct Submission: Sendable, Hashable {
     public var session: SessionID
     /// The agent; required when the session is new, checked against the session otherwise.
     public var agent: String?
-    /// The owner recorded on a new session; when set, a submit to a session with another owner fails.
+    /// Who submits: recorded as the owner of a new session. A session that has an owner takes
+    /// submits only from that owner (a submit without an owner is refused too) unless
+    /// ``asOperator`` is set; a refused submit changes nothing (neither TTL nor options).
     public var owner: String?
+    /// An operator's submit (the `stepwise` CLI with `--as-operator`): skips the owner check.
+    public var asOperator: Bool
     /// The step's input.
     public var input: JSONValue
     /// Per-session settings; replaces the stored ones when given.
@@ -23,8 +27,10 @@ public struct Submission: Sendable, Hashable {
 
     public init(
         session: SessionID, agent: String? = nil, owner: String? = nil, input: JSONValue = .null,
-        options: JSONValue? = nil, idempotencyKey: String? = nil, ttl: Duration? = nil, maxAttempts: Int? = nil
+        options: JSONValue? = nil, idempotencyKey: String? = nil, ttl: Duration? = nil, maxAttempts: Int? = nil,
+        asOperator: Bool = false
     ) {
+        self.asOperator = asOperator
         self.session = session
         self.agent = agent
         self.owner = owner
@@ -64,6 +70,9 @@ public struct Dispatcher: Sendable {
     public let connection: RedisConnection
     public let keys: KeySpace
     public let agents: AgentRegistry
+    /// The agent names accepted for a new session when ``agents`` does not link them; `nil`
+    /// accepts only the linked agents.
+    public let agentNames: Set<String>?
     public let configuration: Configuration
 
     /// Creates a dispatcher.
@@ -76,6 +85,21 @@ public struct Dispatcher: Sendable {
         self.connection = connection
         self.keys = keys
         self.agents = agents
+        self.agentNames = nil
+        self.configuration = configuration
+    }
+
+    /// Creates a dispatcher that links no agent code: it accepts new sessions for the agents
+    /// named in `agentNames`, and the worker builds a new session's initial state on its first step.
+    ///
+    /// This is what a gateway or an app uses to enqueue steps for agents that run elsewhere.
+    public init(
+        connection: RedisConnection, keys: KeySpace, agentNames: Set<String>, configuration: Configuration = .init()
+    ) {
+        self.connection = connection
+        self.keys = keys
+        self.agents = AgentRegistry()
+        self.agentNames = agentNames
         self.configuration = configuration
     }
 
@@ -137,13 +161,16 @@ public struct Dispatcher: Sendable {
 
     private func arguments(for s: Submission) throws -> ScriptCalls.SubmitArguments {
         try s.validateOwnerAndOptions(maxOptionsBytes: configuration.maxOptionsBytes)
-        var initialState = JSONValue.object([:])
+        var initialState = JSONValue.object([:]).jsonString
         if let name = s.agent {
-            guard let agent = agents[name] else {
-                throw StepwiseError(
-                    .unknownAgent, "unknown agent '\(name)': known agents are \(agents.names.joined(separator: ", "))")
+            if let agent = agents[name] {
+                initialState = agent.initialState(options: s.options ?? .object([:])).jsonString
+            } else if let names = agentNames, names.contains(name) {
+                initialState = ""  // the worker builds it on the session's first step
+            } else {
+                let known = (agentNames.map { Array($0) } ?? agents.names).sorted()
+                throw StepwiseError(.unknownAgent, "unknown agent '\(name)': known agents are \(known.joined(separator: ", "))")
             }
-            initialState = agent.initialState(options: s.options ?? .object([:]))
         }
         let input = s.input.jsonString
         guard input.utf8.count <= configuration.maxInputBytes else {
@@ -161,8 +188,8 @@ public struct Dispatcher: Sendable {
         return ScriptCalls.SubmitArguments(
             session: s.session, agent: s.agent, owner: s.owner, options: s.options?.jsonString, input: input,
             idempotencyKey: s.idempotencyKey, ttlMilliseconds: try s.ttl.map { try Self.ttlMilliseconds($0) },
-            initialState: initialState.jsonString, maxAttempts: s.maxAttempts,
-            defaultTTLMilliseconds: configuration.sessionTTL.map { $0.milliseconds } ?? 0)
+            initialState: initialState, maxAttempts: s.maxAttempts,
+            defaultTTLMilliseconds: configuration.sessionTTL.map { $0.milliseconds } ?? 0, asOperator: s.asOperator)
     }
 
     /// A TTL in whole milliseconds: zero (no expiry) or 1 s to 30 days.

@@ -73,4 +73,8 @@ public struct KeySpace: Sendable, Hashable {
     public func idempotency(_ id: SessionID) -> String { session(id) + ":idem" }
     /// STREAM of the session's progress events.
     public func events(_ id: SessionID) -> String { session(id) + ":events" }
+    /// A revoked gateway token, by its id (a string key that expires when the token would have).
+    public func revokedToken(_ id: String) -> String { prefix + "revoked:" + id }
+    /// ZSET of the sessions an owner created through the gateway, scored by creation time (ms).
+    public func ownerSessions(_ owner: String) -> String { prefix + "owner:{" + owner + "}" }
 }

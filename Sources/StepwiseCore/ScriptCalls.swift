@@ -30,6 +30,7 @@ struct ScriptCalls: Sendable {
         var initialState: String
         var maxAttempts: Int?
         var defaultTTLMilliseconds: Int64
+        var asOperator: Bool = false
     }
 
     func submit(_ a: SubmitArguments, now: Int64) -> ScriptCall {
@@ -40,6 +41,7 @@ struct ScriptCalls: Sendable {
                 RedisArgument(a.options ?? ""), RedisArgument(a.input), RedisArgument(a.idempotencyKey ?? ""),
                 RedisArgument(now), RedisArgument(a.ttlMilliseconds.map(String.init) ?? ""), RedisArgument(a.initialState),
                 RedisArgument(a.maxAttempts.map(String.init) ?? ""), RedisArgument(a.defaultTTLMilliseconds),
+                RedisArgument(a.asOperator ? "1" : ""),
             ])
     }
 

@@ -23,7 +23,7 @@ public struct SessionStore: Sendable {
         for r in replies { try r.throwingServerError() }
         guard let f = replies[0].array, f.count == 12, let agent = f[0].string else { return nil }
         func json(_ v: RESPValue) -> JSONValue {
-            guard let b = v.bytes else { return .null }
+            guard let b = v.bytes, !b.isEmpty else { return .null }
             return (try? JSONValue(parsing: b)) ?? .string(String(decoding: b, as: UTF8.self))
         }
         return SessionSnapshot(

@@ -320,9 +320,12 @@ extension Worker {
                 .unknownAgent, "this worker has no agent '\(job.agent)': known agents are \(agents.names.joined(separator: ", "))")
         }
         let sessionID = try SessionID(job.sessionID)
-        let state = try JSONValue(parsing: job.state, what: "session state")
         let input = try JSONValue(parsing: job.input, what: "step input")
         let options = try JSONValue(parsing: job.options, what: "session options")
+        // An empty state: the session was created by a dispatcher that links no agent code, so
+        // the worker builds the initial state now.
+        let state =
+            job.state.isEmpty ? agent.initialState(options: options) : try JSONValue(parsing: job.state, what: "session state")
         let scripts = self.scripts
         let conn = steps
         let context = StepContext(

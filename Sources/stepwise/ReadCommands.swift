@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import StepwiseCore
+import StepwiseGateway
 import StepwiseRedis
 
 struct WatchCommand: AsyncParsableCommand {
@@ -34,7 +35,28 @@ struct WatchCommand: AsyncParsableCommand {
         let conn = try await connection.connect(name: "stepwise:watch", logger: logger)
         let id = try parseSessionID(session, flag: "SESSION")
         try await reportingFailures {
-            try await follow(store: SessionStore(connection: conn, keys: connection.keys), session: id, from: from, json: json)
+            let store = SessionStore(connection: conn, keys: connection.keys)
+            var start = from
+            // A resume point the stream no longer has (trimmed, a re-created session) or never had
+            // (a future id) is said out loud: never a silent gap.
+            let bounds = try await GatewayStore(connection: conn, keys: connection.keys).streamBounds(id)
+            if let resumeFrom = EventID(from), let reason = EventFeed.resetReason(after: resumeFrom, bounds: bounds) {
+                guard let snapshot = try await store.session(id) else {
+                    throw StepwiseError(.sessionNotFound, "session \(id) does not exist (or expired)")
+                }
+                start = bounds.last?.description ?? "0"
+                if json {
+                    output(
+                        JSONValue.object([
+                            "type": "reset", "reason": .string(reason), "session": snapshot.json, "resumeFrom": .string(start),
+                        ]).jsonString)
+                } else {
+                    output(
+                        "reset (\(reason)): no events after \(from) in this stream; the session is \(snapshot.status.rawValue) at version \(snapshot.version) after \(snapshot.steps) steps; following from \(start)"
+                    )
+                }
+            }
+            try await follow(store: store, session: id, from: start, json: json)
         }
     }
 }

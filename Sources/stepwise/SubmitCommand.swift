@@ -33,8 +33,13 @@ struct SubmitCommand: AsyncParsableCommand {
             valueName: "json|@path|-"))
     var optionsDocument: String?
 
-    @Option(help: "Owner recorded on a new session (1-128 characters from A-Z a-z 0-9 _ . @ : -); submits by another owner are refused.")
+    @Option(
+        help:
+            "Submit as this owner (1-128 characters from A-Z a-z 0-9 _ . @ : -): a new session belongs to it, and a session with an owner takes submits only from that owner.")
     var owner: String?
+
+    @Flag(help: "Submit as the operator: skip the owner check (the session's owner, TTL and options rules still apply otherwise).")
+    var asOperator = false
 
     @Option(help: "Makes re-submits with the same key return the first job id and enqueue nothing.")
     var idempotencyKey: String?
@@ -145,7 +150,8 @@ struct SubmitCommand: AsyncParsableCommand {
             try await dispatcher.submit(
                 Submission(
                     session: sessionID, agent: agent, owner: owner, input: try parsedInput(), options: try parsedOptions(),
-                    idempotencyKey: idempotencyKey, ttl: try ttl.map(ttlDuration), maxAttempts: maxAttempts))
+                    idempotencyKey: idempotencyKey, ttl: try ttl.map(ttlDuration), maxAttempts: maxAttempts,
+                    asOperator: asOperator))
         }
         if json {
             try output(

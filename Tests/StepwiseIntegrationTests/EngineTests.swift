@@ -43,7 +43,7 @@ struct EngineTests {
         #expect(s.queued == 1)
         #expect(try await conn.send(["LRANGE", RedisArgument(keys.ready), 0, -1]).array?.compactMap(\.string) == [receipt.jobID])
         // A second step of the same session is queued in its inbox, not released to `ready`.
-        _ = try await dispatcher.submit(Submission(session: id, input: "again"))
+        _ = try await dispatcher.submit(Submission(session: id, owner: "ann", input: "again"))
         #expect(try await conn.send(["LLEN", RedisArgument(keys.ready)]).int == 1)
         #expect(try await store.session(id)?.queued == 2)
     }

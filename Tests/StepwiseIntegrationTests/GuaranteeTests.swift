@@ -99,6 +99,12 @@ struct GuaranteeTests {
             reaperInterval: .milliseconds(200), grace: .seconds(1))
         config.maxAttempts = 1
         let cleared = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config) {
+            // The sessions live 1 s: submit only once the worker runs, so a slow start on a busy
+            // machine cannot let the mid-step session expire before its step is even claimed.
+            let up = await eventually(timeout: .seconds(10), interval: .milliseconds(20)) {
+                (try? await conn.send(["EXISTS", RedisArgument(keys.heartbeat(worker: "orphans-w"))]))?.int == 1
+            }
+            #expect(up, "the worker started")
             _ = try await submit("plain", ["n": 1])
             // Expires while its step runs (the step outlives the 2 s TTL plus its 1 s margin).
             _ = try await submit("mid-step", ["n": 1, "fault": "hang", "ms": 4500])

@@ -5,7 +5,11 @@
 -- ARGV[1] prefix      ARGV[2] session id       ARGV[3] agent ('' = must exist)
 -- ARGV[4] owner ('')  ARGV[5] options JSON ('' keeps)   ARGV[6] input JSON
 -- ARGV[7] idempotency key ('')   ARGV[8] now ms   ARGV[9] ttl ms ('' keeps; new session: default)
--- ARGV[10] initial state JSON    ARGV[11] max attempts ('')   ARGV[12] default ttl ms
+-- ARGV[10] initial state JSON ('' = the worker builds it on the first step)
+-- ARGV[11] max attempts ('')   ARGV[12] default ttl ms
+-- ARGV[13] '1' = an operator call: skips the owner check ('' or absent = an owner's call)
+-- Owner rule: a session with an owner takes submits only from that owner (an empty owner is
+-- refused too) unless the call is an operator's; a refused submit changes nothing (TTL, options).
 -- Returns {job id, 1} when enqueued, {job id, 0} for a duplicate.
 -- Errors: STEPWISE invalid_argument | session_not_found | agent_mismatch | not_owner | cancelled.
 local P = prefix_arg(ARGV[1])
@@ -24,7 +28,7 @@ if new then
   need(agent ~= '', 'session_not_found', 'session ' .. sid .. ' does not exist: pass --agent to create it')
 else
   need(agent == '' or cur[1] == agent, 'agent_mismatch', 'session ' .. sid .. ' runs agent ' .. tostring(cur[1]) .. ', not ' .. agent)
-  need(owner == '' or cur[2] == '' or cur[2] == owner, 'not_owner', 'session ' .. sid .. ' belongs to another owner')
+  need(ARGV[13] == '1' or cur[2] == '' or cur[2] == owner, 'not_owner', 'session ' .. sid .. ' belongs to another owner')
   need(not cur[5], 'cancelled', 'session ' .. sid .. ' was cancelled (' .. tostring(cur[5]) .. '): start a new session')
   if idem ~= '' then
     local existing = redis.call('HGET', k.idem, idem)
