@@ -133,13 +133,13 @@ struct TokenCommand: AsyncParsableCommand {
             let authority = try TokenAuthority(secret: try key.secret())
             let (token, claims) = try authority.issue(owner: owner, ttl: try parseDuration(ttl, flag: "--ttl"))
             if json {
-                output(
+                try output(
                     JSONValue.object([
                         "token": .string(token), "id": .string(claims.tokenID), "owner": .string(owner),
                         "expiresAt": .int(claims.expiresAt),
                     ]).jsonString)
             } else {
-                output(token)
+                try output(token)
             }
         }
     }
@@ -180,7 +180,7 @@ struct TokenCommand: AsyncParsableCommand {
                 try await GatewayStore(connection: conn, keys: connection.keys).revoke(
                     tokenID: tokenID, until: max(until, Int64(Date().timeIntervalSince1970) + 1))
             }
-            output("revoked \(tokenID)")
+            try output("revoked \(tokenID)")
         }
     }
 }

@@ -46,12 +46,12 @@ struct WatchCommand: AsyncParsableCommand {
                 }
                 start = bounds.last?.description ?? "0"
                 if json {
-                    output(
+                    try output(
                         JSONValue.object([
                             "type": "reset", "reason": .string(reason), "session": snapshot.json, "resumeFrom": .string(start),
                         ]).jsonString)
                 } else {
-                    output(
+                    try output(
                         "reset (\(reason)): no events after \(from) in this stream; the session is \(snapshot.status.rawValue) at version \(snapshot.version) after \(snapshot.steps) steps; following from \(start)"
                     )
                 }
