@@ -133,8 +133,8 @@ public final class Worker: Service, Sendable {
         var stopping = false
         /// Jobs a slot is working on: the orphan scan leaves these alone.
         var active: Set<String> = []
-        /// In-flight entries seen without an owner slot at the last scan.
-        var suspects: Set<String> = []
+        /// In-flight entries seen without an owner step, and when they were first seen so.
+        var suspects: [String: ContinuousClock.Instant] = [:]
         /// The running agent step of each job this process works on, to cancel it.
         var running: [String: Task<StepResult, any Error>] = [:]
         /// Jobs whose running step was cancelled because their session was cancelled.

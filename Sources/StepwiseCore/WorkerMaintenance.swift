@@ -204,11 +204,20 @@ extension Worker {
     func scanOrphans(_ conn: RedisConnection) async throws {
         let listed = try await conn.send(["LRANGE", RedisArgument(inflightKey), 0, -1]).throwingServerError()
         let ids = Set((listed.array ?? []).compactMap(\.string))
+        // An entry must stay unowned for a while (two scans, and at least the heartbeat TTL), so a
+        // job whose claim reply a busy process has not handled yet is never taken for an orphan.
+        let now = ContinuousClock.now
+        let patience = max(configuration.reaperInterval * 2, configuration.heartbeatTTL)
         let orphans: [String] = state.withLock { s in
             let unowned = ids.subtracting(s.active)
-            let confirmed = unowned.intersection(s.suspects)
-            s.suspects = unowned.subtracting(confirmed)
-            return Array(confirmed)
+            var confirmed: [String] = []
+            var still: [String: ContinuousClock.Instant] = [:]
+            for jid in unowned {
+                let first = s.suspects[jid] ?? now
+                if now - first >= patience { confirmed.append(jid) } else { still[jid] = first }
+            }
+            s.suspects = still
+            return confirmed
         }
         for jid in orphans {
             guard jid.split(separator: ":").count == 2 else {

@@ -81,7 +81,11 @@ extension Worker {
             default: break
             }
         }
-        state.withLock { $0.busy += jobs.count }
+        // Owned from the moment the reply is in: the orphan scan leaves them alone.
+        state.withLock { s in
+            s.busy += jobs.count
+            for job in jobs { s.active.insert(job.jobID) }
+        }
         return jobs
     }
 
@@ -98,7 +102,8 @@ extension Worker {
         try popped.throwingServerError()
         guard let jid = popped.string, !popped.isNull else { return nil }
         state.withLock { _ = $0.active.insert(jid) }
-        defer { state.withLock { _ = $0.active.remove(jid) } }
+        var keep = false
+        defer { if !keep { state.withLock { _ = $0.active.remove(jid) } } }
         let reply = try await steps.run(
             scripts.claim(worker: workerID, jobID: jid, now: Dispatcher.nowMillis(), activeLimit: configuration.maxActiveSessions),
             coalesced: true)
@@ -106,6 +111,7 @@ extension Worker {
         switch Claim(reply) {
         case .run(let job):
             state.withLock { $0.busy += 1 }
+            keep = true
             return job
         case .unregistered:
             try await reRegister()
@@ -134,6 +140,7 @@ extension Worker {
             if let n = next, stopping || Task.isCancelled {
                 // Claimed by the last commit but never started: give it back at once.
                 try? await release(n, reason: .shutdown)
+                state.withLock { _ = $0.active.remove(n.jobID) }
                 next = nil
             }
         }
@@ -155,6 +162,8 @@ extension Worker {
     }
 
     /// Runs one claimed step and commits it; returns the next claim when the commit brought one.
+    /// The job is in `active` from its claim (the fetcher or the last commit put it there) until
+    /// this returns.
     private func process(_ job: Claim.Job) async throws -> Claim? {
         state.withLock { _ = $0.active.insert(job.jobID) }
         defer { state.withLock { _ = $0.active.remove(job.jobID) } }
@@ -392,7 +401,9 @@ extension Worker {
             }
             if parts.count > 3, let next = Claim(parts[3]) {
                 switch next {
-                case .run: return next
+                case .run(let n):
+                    state.withLock { _ = $0.active.insert(n.jobID) }
+                    return next
                 case .unregistered:
                     try await reRegister()
                     return nil
