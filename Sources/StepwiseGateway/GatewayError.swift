@@ -45,6 +45,8 @@ public struct GatewayError: Error, Sendable, CustomStringConvertible {
             case .unknownAgent: return GatewayError(.badRequest, "unknown_agent", e.message)
             case .invalidSessionID: return GatewayError(.badRequest, "invalid_session_id", e.message)
             case .invalidJSON: return GatewayError(.badRequest, "invalid_json", e.message)
+            case .invalidOptions: return GatewayError(.badRequest, "invalid_options", e.message)
+            case .invalidOwner: return GatewayError(.badRequest, "invalid_owner", e.message)
             case .invalidArgument, .invalidConfiguration: return GatewayError(.badRequest, "invalid_argument", e.message)
             default: return GatewayError(.internalServerError, "internal_error", "the request failed")
             }

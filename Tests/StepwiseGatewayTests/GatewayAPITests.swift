@@ -90,6 +90,8 @@ struct GatewayAPITests {
             ("POST", "/v1/sessions", "[1,2]", [:], 400, "invalid_json"),
             ("POST", "/v1/sessions", "", [:], 400, "invalid_json"),
             ("POST", "/v1/sessions", #"{"agent":"nope"}"#, [:], 400, "unknown_agent"),
+            // Found by schemathesis: an options object with an empty key was a 500.
+            ("POST", "/v1/sessions", #"{"agent":"echo","options":{"":1}}"#, [:], 400, "invalid_options"),
             ("POST", "/v1/sessions", #"{"agent":7}"#, [:], 400, "invalid_argument"),
             ("POST", "/v1/sessions", #"{"agent":"quiz","options":3}"#, [:], 400, "invalid_argument"),
             ("POST", "/v1/sessions", #"{"agent":"quiz","ttlSeconds":-1}"#, [:], 400, "invalid_argument"),
