@@ -35,7 +35,8 @@ struct SubmitCommand: AsyncParsableCommand {
 
     @Option(
         help:
-            "Submit as this owner (1-128 characters from A-Z a-z 0-9 _ . @ : -): a new session belongs to it, and a session with an owner takes submits only from that owner.")
+            "Submit as this owner (1-128 characters from A-Z a-z 0-9 _ . @ : -): a new session belongs to it, and a session with an owner takes submits only from that owner."
+    )
     var owner: String?
 
     @Flag(help: "Submit as the operator: skip the owner check (the session's owner, TTL and options rules still apply otherwise).")
