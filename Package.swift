@@ -8,7 +8,7 @@ let swiftSettings: [SwiftSetting] = [
 
 let luaScripts = [
     "prelude", "submit", "claim", "commit", "release", "reap", "heartbeat", "progress", "promote", "cancel", "touch",
-    "dead_letter", "sweep",
+    "dead_letter", "sweep", "compact",
 ]
 
 let package = Package(

@@ -156,6 +156,10 @@ struct ScriptCalls: Sendable {
         ScriptCall(script: Scripts.sweep, keys: [], arguments: [prefix, RedisArgument(activeLimit)])
     }
 
+    func compact(idleMilliseconds: Int64, batch: Int) -> ScriptCall {
+        ScriptCall(script: Scripts.compact, keys: [], arguments: [prefix, RedisArgument(idleMilliseconds), RedisArgument(batch)])
+    }
+
     /// Maps a script's error reply to a typed error: `STEPWISE <code> <text>` to ``StepwiseError``,
     /// anything else (OOM, a lost script) to ``RedisServerError``.
     static func mapError(_ message: String) -> any Error {

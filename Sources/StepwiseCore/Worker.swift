@@ -48,13 +48,17 @@ public final class Worker: Service, Sendable {
         /// Refuse to start when Redis can lose jobs (`maxmemory-policy` other than `noeviction`,
         /// or the append-only file off); without it, a warning is logged.
         public var strict: Bool
+        /// How long a session must be idle (nothing queued or running) before its event stream is
+        /// compacted: trimmed to nothing, keeping its last id, so readers resuming from before it
+        /// get an explicit reset with a snapshot. `nil` never compacts.
+        public var compactAfter: Duration?
 
         public init(
             workerID: String = defaultWorkerID(), concurrency: Int = 8, blockTimeout: Duration = .seconds(1),
             heartbeatTTL: Duration = .seconds(10), reaperInterval: Duration = .seconds(4),
             grace: Duration = .seconds(25), eventsMaxLength: Int = 1000, maxAttempts: Int = 3,
             retryDelay: Duration = .seconds(1), maxRetryDelay: Duration = .seconds(60), maxActiveSessions: Int = 0,
-            maxStateBytes: Int = 4 << 20, strict: Bool = false
+            maxStateBytes: Int = 4 << 20, strict: Bool = false, compactAfter: Duration? = .seconds(300)
         ) {
             self.workerID = workerID
             self.concurrency = concurrency
@@ -69,6 +73,7 @@ public final class Worker: Service, Sendable {
             self.maxActiveSessions = maxActiveSessions
             self.maxStateBytes = maxStateBytes
             self.strict = strict
+            self.compactAfter = compactAfter
         }
 
         /// Checks every value.
@@ -102,6 +107,9 @@ public final class Worker: Service, Sendable {
             }
             guard maxActiveSessions >= 0 else { throw bad("max active sessions must be 0 (no limit) or more") }
             guard maxStateBytes >= 1024 else { throw bad("max state bytes must be at least 1024") }
+            if let compactAfter, compactAfter < .milliseconds(1) {
+                throw bad("compact-after must be at least 1 ms (or off)")
+            }
         }
 
         /// The delay before retrying after failed attempt `attempt` (1-based): exponential, capped,

@@ -69,6 +69,7 @@ extension Worker {
                     try await reapDeadWorkers(conn)
                     try await scanOrphans(conn)
                     try await sweep(conn)
+                    try await compact(conn)
                 }
             } catch {
                 noteRedisError(error)
@@ -146,6 +147,18 @@ extension Worker {
         let reply = try await conn.run(scripts.sweep(activeLimit: configuration.maxActiveSessions))
         if let n = reply.int, n > 0 {
             logger.debug("swept expired sessions from the indexes", metadata: [LogKeys.count: .stringConvertible(n)])
+        }
+    }
+
+    /// Trims the event streams of sessions idle for ``Configuration/compactAfter`` (docs/ARCHITECTURE.md,
+    /// "Compaction"): up to 500 sessions looked at per call, more calls while a call trims a full batch.
+    func compact(_ conn: RedisConnection) async throws {
+        guard let idle = configuration.compactAfter else { return }
+        for _ in 0..<20 {
+            let reply = try await conn.run(scripts.compact(idleMilliseconds: max(1, idle.milliseconds), batch: 500))
+            guard let n = reply.int, n > 0 else { return }
+            logger.debug("compacted idle sessions' event streams", metadata: [LogKeys.count: .stringConvertible(n)])
+            if n < 500 { return }
         }
     }
 

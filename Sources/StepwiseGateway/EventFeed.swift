@@ -45,9 +45,10 @@ public struct EventFeed: Sendable {
 
     /// Where a resume point stands against the stream: `nil` when it is fine, else the reset
     /// reason: `trimmed` (older than the stream's first entry: trimmed away, or the session was
-    /// re-created) or `unknown_event_id` (later than any id the stream generated).
+    /// re-created; from the start: the stream no longer holds its first events) or
+    /// `unknown_event_id` (later than any id the stream generated).
     public static func resetReason(after: EventID, bounds: StreamBounds) -> String? {
-        guard after != .zero else { return nil }
+        guard after != .zero else { return bounds.trimmed ? "trimmed" : nil }
         guard let generated = bounds.lastGenerated else { return "unknown_event_id" }
         if after > generated { return "unknown_event_id" }
         if let first = bounds.first, after < first {
@@ -77,7 +78,7 @@ public struct EventFeed: Sendable {
             // Bounds first, then the snapshot: the snapshot includes at least every event up to
             // `last`, so nothing after the reset point is lost.
             let now = try await sessions.session(id) ?? snapshot
-            position = bounds.last ?? .zero
+            position = bounds.end
             try await send(.reset(reason: reason, session: now, resumeFrom: position))
         }
         var ended = false

@@ -72,17 +72,21 @@ public struct GatewayStore: Sendable {
         var first: EventID?
         var last: EventID?
         var generated: EventID?
+        var length = 0
+        var added = 0
         var i = 0
         while i + 1 < items.count {
             switch items[i].string {
             case "first-entry": first = items[i + 1].array?.first?.string.flatMap(EventID.init)
             case "last-entry": last = items[i + 1].array?.first?.string.flatMap(EventID.init)
             case "last-generated-id": generated = items[i + 1].string.flatMap(EventID.init)
+            case "length": length = items[i + 1].int ?? 0
+            case "entries-added": added = items[i + 1].int ?? 0
             default: break
             }
             i += 2
         }
-        return StreamBounds(first: first, last: last, lastGenerated: generated)
+        return StreamBounds(first: first, last: last, lastGenerated: generated, trimmed: added > length)
     }
 
     /// Up to `count` events after `after` (exclusive) up to `through` (inclusive; `nil` = the end).
@@ -102,6 +106,11 @@ public struct StreamBounds: Sendable, Hashable {
     public var first: EventID?
     public var last: EventID?
     public var lastGenerated: EventID?
+    /// Entries were removed from the front (`MAXLEN` trimming, or compaction of an idle session).
+    public var trimmed = false
+
+    /// Where a reader that has seen everything up to now continues.
+    public var end: EventID { last ?? lastGenerated ?? .zero }
 }
 
 /// A Redis Stream entry id, `<ms>-<seq>`, ordered as Redis orders them.

@@ -118,6 +118,12 @@ struct LoadTestCommand: AsyncParsableCommand {
     @Option(help: "With --memory: approximate size in bytes of each session's state document (0-200000).")
     var stateBytes: Int = 256
 
+    @Option(
+        help:
+            "With --memory: seconds idle before the workers compact a session's event stream (their --compact-after); the reading waits for it. 0 measures sessions that are not compacted."
+    )
+    var compactAfter: Double = 1
+
     @Flag(help: "Drive workers that already run against the same --redis and --namespace instead of starting them (one round only).")
     var external = false
 
@@ -202,6 +208,7 @@ struct LoadTestCommand: AsyncParsableCommand {
             if external { throw ValidationError("--memory starts its own workers in a fresh namespace: not with --external") }
             if killEvery != nil { throw ValidationError("--memory and --kill-every are separate runs: give one of them") }
         }
+        _ = try seconds(compactAfter, flag: "--compact-after")
         guard (0...200_000).contains(stateBytes) else { throw ValidationError("--state-bytes must be 0-200000, got \(stateBytes)") }
         if let out { try Self.prepareOutputDirectory(out) }
     }

@@ -49,7 +49,8 @@ extension LoadTestCommand {
         if !json {
             try output(
                 "# memory per idle session: \(connection.endpoint) (redis), counter agent, 1 step per session, state ~\(stateBytes) B, "
-                    + "one idempotency key per session; 2 workers x \(concurrency) slots")
+                    + "one idempotency key per session; 2 workers x \(concurrency) slots; "
+                    + (compactAfter > 0 ? "streams compacted after \(compactAfter) s idle" : "not compacted"))
             try output(
                 "sessions  bytes/session  state-doc  beyond-state  beyond-w/o-idem  session-hash  events  idem  jobs  inbox  index  keyspace-dicts  errors"
             )
@@ -85,6 +86,7 @@ extension LoadTestCommand {
         let pool = LoadTestWorkerPool(
             arguments: [
                 "--namespace", keys.namespace, "--concurrency", String(concurrency), "--log-level", connection.logLevel ?? "error",
+                "--compact-after", String(compactAfter), "--reaper-interval", "1",
             ],
             connectionEnvironment: connection.childEnvironment, idPrefix: "mem-\(runID)")
         for _ in 0..<2 { try pool.start() }
@@ -119,13 +121,21 @@ extension LoadTestCommand {
         }
         result.seconds = (ContinuousClock.now - start).inSeconds
         if !finished { result.errors.append("time limit: not every session ran its step") }
+        // Breakdown on an evenly spaced sample of at most 500 sessions.
+        let sample = stride(from: 0, to: count, by: max(1, count / 500)).map { ids[$0] }
+        if compactAfter > 0 {
+            // The workers compact idle sessions on their reaper schedule: wait until the sample is done.
+            let compacted = try await poll(timeout: .seconds(120) + .seconds(compactAfter), interval: .milliseconds(250)) {
+                let lengths = try await conn.pipeline(sample.map { ["XLEN", RedisArgument(keys.events($0))] })
+                return lengths.allSatisfy { $0.int == 0 }
+            }
+            if !compacted { result.errors.append("the workers did not compact every sampled session within the time limit") }
+        }
         let m1 = try await settledMemory(conn)
         result.usedMemoryDelta = m1.int("used_memory") - m0.int("used_memory")
         result.clientsDelta = m1.int("mem_clients_normal") - m0.int("mem_clients_normal")
         result.bytesPerSession = Double(result.usedMemoryDelta - result.clientsDelta) / Double(count)
 
-        // Breakdown on an evenly spaced sample of at most 500 sessions.
-        let sample = stride(from: 0, to: count, by: max(1, count / 500)).map { ids[$0] }
         let kinds: [(String, (SessionID) -> String)] = [
             ("session", keys.session), ("events", keys.events), ("idem", keys.idempotency), ("jobs", keys.jobs), ("inbox", keys.inbox),
         ]

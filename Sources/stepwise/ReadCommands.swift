@@ -44,7 +44,7 @@ struct WatchCommand: AsyncParsableCommand {
                 guard let snapshot = try await store.session(id) else {
                     throw StepwiseError(.sessionNotFound, "session \(id) does not exist (or expired)")
                 }
-                start = bounds.last?.description ?? "0"
+                start = bounds.end.description
                 if json {
                     try output(
                         JSONValue.object([

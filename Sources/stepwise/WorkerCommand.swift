@@ -55,6 +55,12 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Largest state document an agent may return, in bytes; a larger one is dead-lettered.")
     var maxStateBytes: Int = 4 << 20
 
+    @Option(
+        help:
+            "Seconds a session must be idle (nothing queued or running) before its event stream is compacted to nothing (readers resuming from before get a reset with a snapshot); 0 never compacts."
+    )
+    var compactAfter: Double = 300
+
     @Flag(help: "Refuse to start when Redis may lose jobs (maxmemory-policy not noeviction, or append-only file off).")
     var strict = false
 
@@ -90,6 +96,7 @@ struct WorkerCommand: AsyncParsableCommand {
         guard maxRetryDelay <= 86_400 else { throw ValidationError("--max-retry-delay must be at most 86400 seconds") }
         guard maxActiveSessions >= 0 else { throw ValidationError("--max-active-sessions must be 0 (no limit) or more") }
         guard maxStateBytes >= 1024 else { throw ValidationError("--max-state-bytes must be at least 1024") }
+        _ = try seconds(compactAfter, flag: "--compact-after")
         if let maskFields, maskFields.split(separator: ",").allSatisfy({ $0.trimmingCharacters(in: .whitespaces).isEmpty }) {
             throw ValidationError("--mask-fields must name at least one field, e.g. --mask-fields password,token")
         }
@@ -119,7 +126,8 @@ struct WorkerCommand: AsyncParsableCommand {
             grace: try seconds(grace, flag: "--grace"), eventsMaxLength: eventsMaxLength, maxAttempts: maxAttempts,
             retryDelay: try seconds(retryDelay, flag: "--retry-delay", min: 0.01),
             maxRetryDelay: try seconds(maxRetryDelay, flag: "--max-retry-delay", min: retryDelay),
-            maxActiveSessions: maxActiveSessions, maxStateBytes: maxStateBytes, strict: strict)
+            maxActiveSessions: maxActiveSessions, maxStateBytes: maxStateBytes, strict: strict,
+            compactAfter: compactAfter == 0 ? nil : max(.milliseconds(1), try seconds(compactAfter, flag: "--compact-after")))
         // Fail fast, with one clear line, when Redis is unreachable or refuses these credentials.
         try await probeRedis(logger: logger)
         let payloads = payloadLogging

@@ -112,6 +112,32 @@ struct GatewayStreamTests {
         #expect(watchFuture.stdout.contains(#""type":"reset""#) && watchFuture.stdout.contains("unknown_event_id"), "\(watchFuture)")
     }
 
+    @Test func aCompactedSessionGivesASnapshotFromTheStartAndNothingFromItsLastEvent() async throws {
+        let gw = try await GatewayHarness()
+        defer { gw.stop() }
+        let alice = try gw.token("alice")
+        let (id, received) = try await finishedQuiz(gw, token: alice, questions: 2)
+        let ids = received.filter { $0.event == "message" }.compactMap(\.id)
+        // What compact.lua does to an idle session (CompactionTests covers the script itself).
+        let conn = try TestRedis.connection()
+        _ = try await conn.send(["XTRIM", RedisArgument(gw.keys.events(try SessionID(id))), "MAXLEN", "0"])
+        let fromStart = try gw.stream("/v1/sessions/\(id)/events", headers: ["Authorization": "Bearer \(alice)"])
+        defer { fromStart.signal(SIGKILL) }
+        #expect(await eventually(timeout: .seconds(20)) { fromStart.output.contains("event: end") })
+        let got = parseSSE(fromStart.output)
+        #expect(got.map(\.event) == ["reset", "end"], "\(got.map(\.event))")
+        let reset = try JSONValue(parsing: got.first?.data ?? "")
+        #expect(reset["reason"]?.stringValue == "trimmed")
+        #expect(reset["session"]?["state"]?["questions"]?.arrayValue?.count == 2, "the snapshot carries the result")
+        #expect(got.first?.id == ids.last)
+        let upToDate = try gw.stream("/v1/sessions/\(id)/events?after=\(ids.last ?? "")", headers: ["Authorization": "Bearer \(alice)"])
+        defer { upToDate.signal(SIGKILL) }
+        #expect(await eventually(timeout: .seconds(20)) { upToDate.output.contains("event: end") })
+        #expect(parseSSE(upToDate.output).map(\.event) == ["end"], "nothing was missed: no reset")
+        let watch = try await runBinary(["watch", id] + gw.common)
+        #expect(watch.status == 0 && watch.stdout.contains("reset (trimmed)"), "\(watch)")
+    }
+
     @Test func ticketsOpenTheStreamAndNeverReachTheLogs() async throws {
         let gw = try await GatewayHarness(workers: 1, gatewayArguments: ["--keep-alive-seconds", "1"], logLevel: "trace")
         defer { gw.stop() }
