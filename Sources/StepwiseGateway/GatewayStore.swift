@@ -59,13 +59,21 @@ public struct GatewayStore: Sendable {
     }
 
     /// The bounds of a session's stream: its first and last entry ids and the last id it ever
-    /// generated (`nil` each when the stream does not exist).
+    /// generated (`nil` each when the stream does not exist; for a compacted session, only the
+    /// last generated id, and `trimmed`).
     ///
     /// `XINFO STREAM`: see <https://redis.io/docs/latest/commands/xinfo-stream/>.
     public func streamBounds(_ id: SessionID) async throws -> StreamBounds {
         let reply = try await connection.send(["XINFO", "STREAM", RedisArgument(keys.events(id))])
         if case .error(let message) = reply {
-            if message.contains("no such key") { return StreamBounds(first: nil, last: nil, lastGenerated: nil) }
+            if message.contains("no such key") {
+                // Compaction removed an idle session's stream and kept its last id (compact.lua).
+                let last = try await connection.send(["HGET", RedisArgument(keys.session(id)), "evlast"]).throwingServerError()
+                guard let generated = last.string.flatMap(EventID.init) else {
+                    return StreamBounds(first: nil, last: nil, lastGenerated: nil)
+                }
+                return StreamBounds(first: nil, last: nil, lastGenerated: generated, trimmed: true)
+            }
             try reply.throwingServerError()
         }
         let items = reply.array ?? []

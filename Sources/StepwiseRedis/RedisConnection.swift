@@ -32,6 +32,12 @@ public actor RedisConnection {
         public var maxBackoff: Duration
         /// Sent as `CLIENT SETNAME` so `CLIENT LIST` shows who is who (no spaces allowed).
         public var clientName: String?
+        /// Coalesce every non-blocking call (``RedisConnection/send(_:blockingFor:)``,
+        /// ``RedisConnection/pipeline(_:)``, ``RedisConnection/evalScript(_:keys:arguments:)``)
+        /// with the calls other tasks make meanwhile, as
+        /// ``RedisConnection/evalScriptCoalesced(_:keys:arguments:)`` does: for a connection
+        /// that many concurrent tasks share (a gateway's HTTP requests).
+        public var coalesceCalls = false
 
         /// Creates a configuration with defaulted timeouts.
         public init(
@@ -116,6 +122,7 @@ public actor RedisConnection {
     ///     block; the socket timeout is raised by that much for this command only.
     /// - Throws: ``RedisError`` when the connection fails; the context is then dropped.
     public func send(_ arguments: [RedisArgument], blockingFor: Duration? = nil) async throws -> RESPValue {
+        if blockingFor == nil, configuration.coalesceCalls { return try await enqueue(commands: [arguments], script: nil)[0] }
         try await ensureConnected()
         return try sendNow(arguments, blockingFor: blockingFor)
     }
@@ -125,6 +132,7 @@ public actor RedisConnection {
     /// - Returns: one reply per command, in order; error replies are returned in place.
     /// - Throws: ``RedisError`` when the connection fails; the context is then dropped.
     public func pipeline(_ commands: [[RedisArgument]]) async throws -> [RESPValue] {
+        if configuration.coalesceCalls { return try await enqueue(commands: commands, script: nil) }
         try await ensureConnected()
         return try pipelineNow(commands)
     }
@@ -137,6 +145,7 @@ public actor RedisConnection {
     public func evalScript(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) async throws
         -> RESPValue
     {
+        if configuration.coalesceCalls { return try await evalScriptCoalesced(script, keys: keys, arguments: arguments) }
         try await ensureConnected()
         let sha = try loadedSHA(script)
         let command: [RedisArgument] = ["EVALSHA", RedisArgument(sha), RedisArgument(keys.count)] + keys + arguments
@@ -163,9 +172,15 @@ public actor RedisConnection {
     public func evalScriptCoalesced(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) async throws
         -> RESPValue
     {
-        try await withCheckedThrowingContinuation { continuation in
-            coalesced.append(
-                CoalescedCall(script: script, arguments: [RedisArgument(keys.count)] + keys + arguments, continuation: continuation))
+        try await enqueue(commands: [[RedisArgument(keys.count)] + keys + arguments], script: script)[0]
+    }
+
+    /// Queues a call (commands sent back to back, or one script invocation) for the next
+    /// coalesced write.
+    private func enqueue(commands: [[RedisArgument]], script: RedisScript?) async throws -> [RESPValue] {
+        guard !commands.isEmpty else { return [] }
+        return try await withCheckedThrowingContinuation { continuation in
+            coalesced.append(CoalescedCall(script: script, commands: commands, continuation: continuation))
             if !flushScheduled {
                 flushScheduled = true
                 // Runs on this actor's thread after the jobs already queued there, which may add
@@ -176,10 +191,16 @@ public actor RedisConnection {
     }
 
     private struct CoalescedCall {
-        var script: RedisScript
-        /// `numkeys`, the keys, then the arguments.
-        var arguments: [RedisArgument]
-        var continuation: CheckedContinuation<RESPValue, any Error>
+        /// Set for a script call: `commands` is then one command, `numkeys`, the keys, then the
+        /// arguments, sent as `EVALSHA <sha> …`.
+        var script: RedisScript?
+        var commands: [[RedisArgument]]
+        var continuation: CheckedContinuation<[RESPValue], any Error>
+
+        func command(_ i: Int, sha: String?) -> [RedisArgument] {
+            guard let sha else { return commands[i] }
+            return ["EVALSHA", RedisArgument(sha)] + commands[i]
+        }
     }
     private var coalesced: [CoalescedCall] = []
     private var flushScheduled = false
@@ -192,30 +213,35 @@ public actor RedisConnection {
         do {
             try await ensureConnected()
             guard let ctx = context else { throw RedisError(.io, "not connected", address: address) }
-            var shas: [String] = []
+            var shas: [String?] = []
             shas.reserveCapacity(batch.count)
-            for call in batch { shas.append(try loadedSHA(call.script)) }
-            for (call, sha) in zip(batch, shas) { try append(ctx, ["EVALSHA", RedisArgument(sha)] + call.arguments) }
+            for call in batch { shas.append(try call.script.map { try loadedSHA($0) }) }
+            var total = 0
+            for (call, sha) in zip(batch, shas) {
+                for i in call.commands.indices { try append(ctx, call.command(i, sha: sha)) }
+                total += call.commands.count
+            }
             var replies: [RESPValue] = []
-            replies.reserveCapacity(batch.count)
-            for _ in batch {
+            replies.reserveCapacity(total)
+            for _ in 0..<total {
                 guard let c = context else { throw RedisError(.io, "not connected", address: address) }
                 replies.append(try readReply(c))
             }
-            for (i, call) in batch.enumerated() {
-                var reply = replies[i]
-                if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
+            var next = 0
+            for call in batch {
+                var mine = Array(replies[next..<next + call.commands.count])
+                next += call.commands.count
+                if let script = call.script, case .error(let message) = mine[0], message.hasPrefix("NOSCRIPT") {
                     // The server lost its scripts (restart, SCRIPT FLUSH): load and run this one again.
                     do {
-                        scriptSHAs[call.script.name] = nil
-                        let sha = try loadedSHA(call.script)
-                        reply = try sendNow(["EVALSHA", RedisArgument(sha)] + call.arguments, blockingFor: nil)
+                        scriptSHAs[script.name] = nil
+                        mine[0] = try sendNow(call.command(0, sha: try loadedSHA(script)), blockingFor: nil)
                     } catch {
                         call.continuation.resume(throwing: error)
                         continue
                     }
                 }
-                call.continuation.resume(returning: reply)
+                call.continuation.resume(returning: mine)
             }
         } catch {
             // A reply that never arrived may still have run: callers treat this like any lost

@@ -118,8 +118,10 @@ struct ConnectionOptions: ParsableArguments {
     }
 
     /// A connected connection, or a clear one-line failure naming the address.
-    func connect(name: String, logger: Logger) async throws -> RedisConnection {
-        let connection = RedisConnection(configuration: redisConfiguration(name: name), logger: logger)
+    func connect(name: String, logger: Logger, coalesceCalls: Bool = false) async throws -> RedisConnection {
+        var configuration = redisConfiguration(name: name)
+        configuration.coalesceCalls = coalesceCalls
+        let connection = RedisConnection(configuration: configuration, logger: logger)
         try await reportingFailures { try await connection.connect() }
         return connection
     }

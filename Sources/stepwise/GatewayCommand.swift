@@ -78,7 +78,8 @@ struct GatewayCommand: AsyncParsableCommand {
         let (host, port) = try parsedListen()
         let tokens = try TokenAuthority(secret: try key.secret())
         // Connection names carry the port, so `CLIENT LIST` tells this gateway's connections apart.
-        let command = try await connection.connect(name: "stepwise:gateway@\(port)", logger: logger)
+        // Every request shares this connection: calls made meanwhile go out in one write.
+        let command = try await connection.connect(name: "stepwise:gateway@\(port)", logger: logger, coalesceCalls: true)
         let names =
             agents.map { Set($0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }) }
             ?? Set(AgentRegistry.builtIn.names)

@@ -1,7 +1,7 @@
 import Foundation
 import HummingbirdWSClient
 import Logging
-import StepwiseCore
+@testable import StepwiseCore
 import StepwiseGateway
 import StepwiseRedis
 import StepwiseTesting
@@ -118,9 +118,11 @@ struct GatewayStreamTests {
         let alice = try gw.token("alice")
         let (id, received) = try await finishedQuiz(gw, token: alice, questions: 2)
         let ids = received.filter { $0.event == "message" }.compactMap(\.id)
-        // What compact.lua does to an idle session (CompactionTests covers the script itself).
+        // Compaction of the idle session (CompactionTests covers the script itself).
         let conn = try TestRedis.connection()
-        _ = try await conn.send(["XTRIM", RedisArgument(gw.keys.events(try SessionID(id))), "MAXLEN", "0"])
+        try await Task.sleep(for: .milliseconds(20))
+        let compacted = try await conn.run(ScriptCalls(keys: gw.keys, eventsMaxLength: 100).compact(idleMilliseconds: 10, batch: 100))
+        #expect(compacted.int == 1)
         let fromStart = try gw.stream("/v1/sessions/\(id)/events", headers: ["Authorization": "Bearer \(alice)"])
         defer { fromStart.signal(SIGKILL) }
         #expect(await eventually(timeout: .seconds(20)) { fromStart.output.contains("event: end") })

@@ -7,8 +7,9 @@ import Testing
 @testable import StepwiseCore
 
 /// Compaction of idle sessions (`compact.lua`): the event stream of a session with nothing queued
-/// or running, idle for the configured time, is trimmed to nothing; its last id and its count of
-/// entries stay, so readers can tell a gap from an up-to-date position.
+/// or running, idle for the configured time, is removed; the session keeps the stream's last id
+/// (`evlast`), so readers can tell a gap from an up-to-date position, and the next event's id
+/// continues after it.
 @Suite(
     "compaction: idle sessions' event streams",
     .enabled(if: TestRedis.url != nil, "needs STEPWISE_TEST_REDIS_URL: run `make test`"),
@@ -60,25 +61,32 @@ struct CompactionTests {
         #expect(done)
     }
 
+    func streamExists(_ id: SessionID) async throws -> Bool {
+        try await conn.send(["EXISTS", RedisArgument(keys.events(id))]).int == 1
+    }
+
+    func evlast(_ id: SessionID) async throws -> String? {
+        try await conn.send(["HGET", RedisArgument(keys.session(id)), "evlast"]).string
+    }
+
     func compact(idleMs: Int64, batch: Int = 500) async throws -> Int {
         try #require(try await conn.run(scripts.compact(idleMilliseconds: idleMs, batch: batch)).int)
     }
 
-    @Test func anIdleSessionsStreamIsEmptiedAndKeepsItsLastIdAndCount() async throws {
+    @Test func anIdleSessionsStreamIsRemovedAndItsNextEventContinuesAfterItsLastID() async throws {
         let id = try SessionID("idle")
         try await runSteps([id], count: 3)
         let before = try await info(id)
         #expect(before["length"]?.int == 6)
+        let lastOld = try #require(before["last-generated-id"]?.string)
         // Not idle long enough: nothing happens.
         #expect(try await compact(idleMs: 3_600_000) == 0)
         #expect(try await info(id)["length"]?.int == 6)
         try await Task.sleep(for: .milliseconds(50))
         #expect(try await compact(idleMs: 10) == 1)
-        let after = try await info(id)
-        #expect(after["length"]?.int == 0)
-        #expect(after["entries-added"]?.int == 6)
-        #expect(after["last-generated-id"]?.string == before["last-generated-id"]?.string)
-        // The session itself is untouched, and a later step appends after the old ids.
+        #expect(try await streamExists(id) == false)
+        #expect(try await evlast(id) == lastOld)
+        // The session itself is untouched.
         let s = try #require(try await store.session(id))
         #expect(s.steps == 3 && s.state["count"]?.intValue == 3)
         #expect(try await compact(idleMs: 10) == 0, "idempotent")
@@ -89,8 +97,41 @@ struct CompactionTests {
         #expect(resumed)
         let events = try await store.events(of: id, after: "0", count: 100)
         #expect(events.map(\.type) == ["step.started", "step.completed"])
-        let lastOld = try #require(before["last-generated-id"]?.string)
         #expect(events.allSatisfy { compareIDs($0.id, lastOld) > 0 })
+        #expect(try await evlast(id) == nil, "consumed by the first event")
+        let ttl = try await conn.send(["PTTL", RedisArgument(keys.events(id))]).int ?? 0
+        #expect(ttl > 0, "the new stream expires with its session")
+    }
+
+    @Test func theFirstEventAfterCompactionContinuesAfterALaterLastIDAsIfTheClockWentBack() async throws {
+        let id = try SessionID("clock")
+        try await runSteps([id], count: 1)
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(try await compact(idleMs: 10) == 1)
+        // A last id an hour ahead of the server's clock: the next ids must still come after it.
+        let future = UInt64(Date().timeIntervalSince1970 * 1000) + 3_600_000
+        _ = try await conn.send(["HSET", RedisArgument(keys.session(id)), "evlast", RedisArgument("\(future)-5")])
+        let cancelled = try await dispatcher.cancel(id, reason: "test")
+        #expect(cancelled != nil)
+        let events = try await store.events(of: id, after: "0", count: 10)
+        #expect(events.map(\.id) == ["\(future)-6"], "\(events.map(\.id))")
+        #expect(try await evlast(id) == nil)
+    }
+
+    @Test func idempotencyKeysStillDeduplicateAfterTheyMoveIntoTheSessionHash() async throws {
+        let id = try SessionID("idem")
+        let first = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1, idempotencyKey: "msg-1"))
+        let ran = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: config()) {
+            await eventually(timeout: .seconds(20)) { (try? await store.session(id))?.steps == 1 }
+        }
+        #expect(ran)
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(try await compact(idleMs: 10) == 1)
+        #expect(try await conn.send(["EXISTS", RedisArgument(keys.idempotency(id))]).int == 0)
+        #expect(try await conn.send(["HGET", RedisArgument(keys.session(id)), "i:msg-1"]).string == first.jobID)
+        let again = try await dispatcher.submit(Submission(session: id, input: 1, idempotencyKey: "msg-1"))
+        #expect(again.jobID == first.jobID && again.enqueued == false)
+        #expect(try await store.session(id)?.queued == 0, "nothing enqueued twice")
     }
 
     @Test func aBusySessionIsLeftAloneAndCompactedLater() async throws {
@@ -107,7 +148,7 @@ struct CompactionTests {
         #expect(done)
         try await Task.sleep(for: .milliseconds(50))
         #expect(try await compact(idleMs: 10) == 1, "re-scored when it was busy, so it comes back")
-        #expect(try await info(busy)["length"]?.int == 0)
+        #expect(try await streamExists(busy) == false)
     }
 
     @Test func manySessionsWithTheSameScoreAreAllCompactedInBatches() async throws {
@@ -119,7 +160,7 @@ struct CompactionTests {
         var total = 0
         for _ in 0..<10 { total += try await compact(idleMs: 10, batch: 4) }
         #expect(total == 25)
-        for id in ids { #expect(try await info(id)["length"]?.int == 0) }
+        for id in ids { #expect(try await streamExists(id) == false) }
     }
 
     @Test func workersCompactOnTheirReaperSchedule() async throws {
@@ -128,7 +169,7 @@ struct CompactionTests {
         var c = config()
         c.compactAfter = .milliseconds(100)
         let compacted = try await withRunningWorker(keys: keys, agents: .builtIn, configuration: c) {
-            await eventually(timeout: .seconds(10)) { (try? await info(id))?["length"]?.int == 0 }
+            await eventually(timeout: .seconds(10)) { (try? await streamExists(id)) == false }
         }
         #expect(compacted)
     }

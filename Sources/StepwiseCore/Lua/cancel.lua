@@ -14,7 +14,8 @@ need(reason ~= '' and #reason <= 500, 'invalid_argument', 'reason must be 1-500 
 local now = int_arg(ARGV[4], 'now', 0)
 local maxlen = int_arg(ARGV[5], 'maxlen', 1)
 local k = session_keys(P, sid)
-local s = redis.call('HMGET', k.session, 'agent', 'holder', 'cancelled', 'ttl', 'refreshed', 'exp')
+local s = redis.call('HMGET', k.session, 'agent', 'holder', 'cancelled', 'ttl', 'refreshed', 'exp', 'evlast')
+k.evlast = s[7]
 need(s[1], 'session_not_found', 'session ' .. sid .. ' does not exist (or expired)')
 if s[3] then return {0, 0, ''} end
 local ids = redis.call('LRANGE', k.inbox, 0, -1)

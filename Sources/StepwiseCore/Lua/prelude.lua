@@ -51,8 +51,22 @@ end
 local function next_seq(P)
   return redis.call('INCR', P .. 'seq')
 end
+-- Appends an event. After compaction removed an idle session's stream (compact.lua), the
+-- session hash keeps the last id the stream generated in `evlast`; scripts that may write the
+-- first event after it (claim, cancel) set `k.evlast` from their read of the hash, and that
+-- event's id continues after it even if the server's clock went back meanwhile.
 local function event(k, maxlen, ...)
-  return redis.call('XADD', k.events, 'MAXLEN', '~', maxlen, '*', ...)
+  local id = '*'
+  if k.evlast then
+    local ms, sq = string.match(k.evlast, '^(%d+)-(%d+)$')
+    if ms and redis.call('EXISTS', k.events) == 0 then
+      local now = server_ms()
+      if now > tonumber(ms) then id = now .. '-0' else id = ms .. '-' .. (tonumber(sq) + 1) end
+    end
+    redis.call('HDEL', k.session, 'evlast')
+    k.evlast = nil
+  end
+  return redis.call('XADD', k.events, 'MAXLEN', '~', maxlen, id, ...)
 end
 -- Gives each of `keys` that exists without an expiry the session's expiry `exp` (ms, '' for a
 -- session that never expires): a key this script may have created (the stream by its first
@@ -155,7 +169,9 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid, moved)
   end
   local k = session_keys(P, sid)
   local j = redis.call('HMGET', k.jobs, job_fields(seq))
-  local s = redis.call('HMGET', k.session, 'agent', 'options', 'state', 'version', 'steps', 'cancelled', 'blocked', 'exp', 'holder')
+  local s = redis.call('HMGET', k.session, 'agent', 'options', 'state', 'version', 'steps', 'cancelled', 'blocked', 'exp', 'holder',
+    'evlast')
+  k.evlast = s[10]
   local head = redis.call('LINDEX', k.inbox, 0)
   if not moved and redis.call('EXISTS', P .. 'worker:' .. worker) == 0 then
     if j[1] and s[1] and head == jid and s[9] == '' and not s[7] then

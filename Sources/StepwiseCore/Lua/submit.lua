@@ -31,7 +31,8 @@ else
   need(ARGV[13] == '1' or cur[2] == '' or cur[2] == owner, 'not_owner', 'session ' .. sid .. ' belongs to another owner')
   need(not cur[5], 'cancelled', 'session ' .. sid .. ' was cancelled (' .. tostring(cur[5]) .. '): start a new session')
   if idem ~= '' then
-    local existing = redis.call('HGET', k.idem, idem)
+    -- Compaction folds a few keys of an idle session into its hash as `i:<key>` (compact.lua).
+    local existing = redis.call('HGET', k.idem, idem) or redis.call('HGET', k.session, 'i:' .. idem)
     if existing then return {existing, 0} end
   end
 end
