@@ -2,7 +2,9 @@
 # Installs what Stepwise needs when it is missing: from Debian hiredis headers, redis-server,
 # redis-tools (redis-cli, redis-benchmark), pkg-config, curl, stunnel4 and openssl (the TLS
 # recipe of docs/SECURITY.md and its test), spin and gcc (the protocol model, docs/MODEL.md),
-# and for the gateway's browser test chromium and chromium-driver; from PyPI selenium and
+# for the gateway's browser test chromium and chromium-driver; prometheus (the server and
+# promtool: the scrape and alert-rule tests), tmux (the `stepwise top` test) and systemd
+# (systemd-analyze verify of the units); from PyPI selenium and
 # schemathesis (the gateway's API checks).
 # Idempotent; needs root to install.
 set -euo pipefail
@@ -19,6 +21,10 @@ command -v gcc >/dev/null || missing+=(gcc)
 command -v curl >/dev/null || missing+=(curl)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v tmux >/dev/null || missing+=(tmux)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 python_missing=()
 python3 -c 'import selenium' 2>/dev/null || python_missing+=(selenium)
 command -v schemathesis >/dev/null || python_missing+=(schemathesis)
@@ -36,4 +42,5 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
 # Debian starts a system redis-server on 6379 after install; Stepwise's scripts start their own.
+# prometheus.service may start too (on :9090); the tests start their own prometheus on a free port.
 # stunnel4 ships a disabled stunnel4.service; nothing starts until a configuration is given.

@@ -32,6 +32,8 @@ public actor RedisConnection {
         public var maxBackoff: Duration
         /// Sent as `CLIENT SETNAME` so `CLIENT LIST` shows who is who (no spaces allowed).
         public var clientName: String?
+        /// Told of each round trip's latency and of each reconnect (metrics); nil: nothing is measured.
+        public var observer: RedisObserver?
 
         /// Creates a configuration with defaulted timeouts.
         public init(
@@ -195,6 +197,7 @@ public actor RedisConnection {
             var shas: [String] = []
             shas.reserveCapacity(batch.count)
             for call in batch { shas.append(try loadedSHA(call.script)) }
+            let start = configuration.observer.map { _ in ContinuousClock.now }
             for (call, sha) in zip(batch, shas) { try append(ctx, ["EVALSHA", RedisArgument(sha)] + call.arguments) }
             var replies: [RESPValue] = []
             replies.reserveCapacity(batch.count)
@@ -202,6 +205,7 @@ public actor RedisConnection {
                 guard let c = context else { throw RedisError(.io, "not connected", address: address) }
                 replies.append(try readReply(c))
             }
+            if let start { configuration.observer?.roundTrip(ContinuousClock.now - start) }
             for (i, call) in batch.enumerated() {
                 var reply = replies[i]
                 if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
@@ -347,6 +351,7 @@ public actor RedisConnection {
         scriptSHAs.removeAll()
         connectCount += 1
         if connectCount > 1 {
+            configuration.observer?.reconnected()
             logger.info("redis reconnected", metadata: ["stepwise.redis": .string(address)])
         }
     }
@@ -363,18 +368,24 @@ public actor RedisConnection {
                 redisSetTimeout(c, chiredis_timeval_ms(configuration.commandTimeout.milliseconds))
             }
         }
+        let start = configuration.observer.map { _ in ContinuousClock.now }
         try append(ctx, arguments)
-        return try readReply(ctx)
+        let reply = try readReply(ctx)
+        // A blocking command's wait is not a round trip.
+        if let start, blockingFor == nil { configuration.observer?.roundTrip(ContinuousClock.now - start) }
+        return reply
     }
 
     private func pipelineNow(_ commands: [[RedisArgument]]) throws -> [RESPValue] {
         guard let ctx = context else {
             throw RedisError(.io, "not connected", address: address)
         }
+        let start = configuration.observer.map { _ in ContinuousClock.now }
         for command in commands { try append(ctx, command) }
         var replies: [RESPValue] = []
         replies.reserveCapacity(commands.count)
         for _ in commands { replies.append(try readReply(ctx)) }
+        if let start { configuration.observer?.roundTrip(ContinuousClock.now - start) }
         return replies
     }
 
