@@ -4,8 +4,9 @@
 # recipe of docs/SECURITY.md and its test), spin and gcc (the protocol model, docs/MODEL.md),
 # for the gateway's browser test chromium and chromium-driver; prometheus (the server and
 # promtool: the scrape and alert-rule tests), tmux (the `stepwise top` test) and systemd
-# (systemd-analyze verify of the units); from PyPI selenium and
-# schemathesis (the gateway's API checks).
+# (systemd-analyze verify of the units); from PyPI selenium and schemathesis (the gateway's API
+# checks), kubernetes-validate, pyyaml and check-jsonschema (offline schema checks of
+# deploy/kubernetes and deploy/compose.yaml).
 # Idempotent; needs root to install.
 set -euo pipefail
 missing=()
@@ -28,6 +29,8 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 python_missing=()
 python3 -c 'import selenium' 2>/dev/null || python_missing+=(selenium)
 command -v schemathesis >/dev/null || python_missing+=(schemathesis)
+python3 -c 'import kubernetes_validate, yaml' 2>/dev/null || python_missing+=(kubernetes-validate pyyaml)
+command -v check-jsonschema >/dev/null || python_missing+=(check-jsonschema)
 if [ ${#python_missing[@]} -gt 0 ]; then
   echo "installing ${python_missing[*]} with pip" >&2
   python3 -m pip install -q "${python_missing[@]}" >&2

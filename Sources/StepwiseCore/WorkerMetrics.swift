@@ -37,6 +37,7 @@ public final class WorkerMetrics: Sendable {
         public static let inFlight = "stepwise_jobs_in_flight"
         public static let slots = "stepwise_slots"
         public static let slotsBusy = "stepwise_slots_busy"
+        public static let redisOutOfMemory = "stepwise_redis_out_of_memory"
         public static let redisRoundTrip = "stepwise_redis_round_trip_seconds"
         public static let redisReconnects = "stepwise_redis_reconnects_total"
         public static let poolReady = "stepwise_pool_ready_jobs"
@@ -60,6 +61,8 @@ public final class WorkerMetrics: Sendable {
     let inFlight: Gauge
     let slots: Gauge
     let slotsBusy: Gauge
+    /// 1 while Redis refuses this worker's writes for lack of memory, else 0.
+    let redisOutOfMemory: Gauge
     private let report = Mutex(ReportFigures())
 
     /// Figures kept for the worker's report (`stepwise top`).
@@ -99,6 +102,7 @@ public final class WorkerMetrics: Sendable {
         inFlight = Gauge(label: Name.inFlight, dimensions: [], factory: factory)
         slots = Gauge(label: Name.slots, dimensions: [], factory: factory)
         slotsBusy = Gauge(label: Name.slotsBusy, dimensions: [], factory: factory)
+        redisOutOfMemory = Gauge(label: Name.redisOutOfMemory, dimensions: [], factory: factory)
     }
 
     /// An observer for one of the worker's Redis connections (`role`: fetch, steps, control).

@@ -50,6 +50,7 @@ extension Worker {
         metrics.slots.record(configuration.concurrency)
         metrics.slotsBusy.record(busy)
         metrics.inFlight.record(inFlight)
+        metrics.redisOutOfMemory.record(status == "oom" ? 1 : 0)
         let figures = metrics.figures()
         let report = WorkerReport(
             worker: workerID, at: Dispatcher.nowMillis(), slots: configuration.concurrency, busy: busy, status: status,

@@ -142,9 +142,22 @@ public func runBinary(_ arguments: [String], environment: [String: String] = [:]
     -> (status: Int32, stdout: String, stderr: String)
 {
     guard let binary = TestRedis.binary else { throw StepwiseError(.invalidConfiguration, "STEPWISE_BIN is not set") }
+    return try await runTool(binary, arguments, environment: environment, timeout: timeout)
+}
+
+/// Runs a program (a path, or a name looked up in `PATH`) to completion within `timeout` (then
+/// it is terminated) and captures its output; for tools whose output fits in a pipe (64 KiB).
+public func runTool(
+    _ program: String, _ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(30)
+) async throws -> (status: Int32, stdout: String, stderr: String) {
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: binary)
-    process.arguments = arguments
+    if program.contains("/") {
+        process.executableURL = URL(fileURLWithPath: program)
+    } else {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [program]
+    }
+    process.arguments = (process.arguments ?? []) + arguments
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
     let out = Pipe()
     let err = Pipe()
