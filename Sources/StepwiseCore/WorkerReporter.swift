@@ -62,8 +62,11 @@ extension Worker {
             recent: figures.recent)
         let json = try JSONEncoder().encode(report)
         let ttl = max(Self.reportInterval * 5, configuration.heartbeatTTL)
-        _ = try await conn.send(["SET", RedisArgument(keys.report(worker: workerID)), RedisArgument(String(decoding: json, as: UTF8.self)), "PX", RedisArgument(ttl.milliseconds)])
-            .throwingServerError()
+        _ = try await conn.send([
+            "SET", RedisArgument(keys.report(worker: workerID)), RedisArgument(String(decoding: json, as: UTF8.self)), "PX",
+            RedisArgument(ttl.milliseconds),
+        ])
+        .throwingServerError()
     }
 
     /// Takes or renews the pool-metrics lease; true while this worker holds it.

@@ -3,11 +3,11 @@ import Foundation
 import Hummingbird
 import HummingbirdWebSocket
 import Logging
+import Metrics
 import StepwiseAgents
 import StepwiseCore
 import StepwiseGateway
 import StepwiseMetrics
-import Metrics
 import StepwiseRedis
 
 /// Where the token signing key comes from: a file or an environment variable, never a flag value

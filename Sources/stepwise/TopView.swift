@@ -110,7 +110,9 @@ struct TopView {
                 "steps": r.map { .int($0.steps) } ?? .null,
                 "running": .array(
                     (r?.running ?? []).map {
-                        .object(["job": .string($0.job), "session": .string($0.session), "agent": .string($0.agent), "since": .int($0.since)])
+                        .object([
+                            "job": .string($0.job), "session": .string($0.session), "agent": .string($0.agent), "since": .int($0.since),
+                        ])
                     }),
             ])
         }
