@@ -183,3 +183,41 @@ struct MetricsScrapeTests {
         }
     }
 }
+
+/// The gateway's `--metrics-listen`: probes and its HTTP request metrics.
+@Suite(
+    "gateway metrics",
+    .enabled(if: TestRedis.url != nil && TestRedis.binary != nil, "needs STEPWISE_TEST_REDIS_URL and STEPWISE_BIN: run `make test`"),
+    .timeLimit(.minutes(1))
+)
+struct GatewayMetricsTests {
+    @Test func gatewayServesProbesAndRequestMetrics() async throws {
+        let keys = try TestRedis.uniqueKeys()
+        let apiPort = try RedisServerProcess.freeLoopbackPort()
+        let metricsPort = try RedisServerProcess.freeLoopbackPort()
+        let gateway = try ChildProcess(
+            binary: try #require(TestRedis.binary),
+            arguments: [
+                "gateway", "--redis", try #require(TestRedis.url), "--namespace", keys.namespace, "--listen", "127.0.0.1:\(apiPort)",
+                "--metrics-listen", "127.0.0.1:\(metricsPort)",
+            ], environment: ["STEPWISE_TOKEN_KEY": String(repeating: "k", count: 40)])
+        defer { gateway.signal(SIGKILL) }
+        let ready = await eventually(timeout: .seconds(20), interval: .milliseconds(100)) {
+            (try? await MetricsScrapeTests.get("http://127.0.0.1:\(metricsPort)/readyz"))?.code == 200
+        }
+        #expect(ready, "\(gateway.output.suffix(2000))")
+        #expect(try await MetricsScrapeTests.get("http://127.0.0.1:\(metricsPort)/healthz").code == 200)
+        // An API request without a token: 401, counted by the request metrics.
+        #expect(try await MetricsScrapeTests.get("http://127.0.0.1:\(apiPort)/v1/sessions").code == 401)
+        let metrics = try await MetricsScrapeTests.get("http://127.0.0.1:\(metricsPort)/metrics")
+        #expect(metrics.code == 200)
+        #expect(
+            metrics.body.contains("hb_requests") && metrics.body.contains("http_server_request_duration"), "\(metrics.body.prefix(2000))")
+        // Every metric name is a valid Prometheus name (dots replaced).
+        for line in metrics.body.split(separator: "\n") where !line.hasPrefix("#") {
+            let name = line.prefix { $0 != "{" && $0 != " " }
+            #expect(name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == ":") }, "\(line)")
+        }
+        #expect(await gateway.stop(timeout: .seconds(10)) == 0, "\(gateway.output.suffix(2000))")
+    }
+}

@@ -55,7 +55,7 @@ struct TopCommandTests {
                 r.status == 0, let json = try? JSONValue(parsing: r.stdout)
             else { return false }
             snapshot = json
-            return json["sessionsRunning"]?.arrayValue?.count == 1
+            return json["sessionsRunning"]?.arrayValue?.count == 1 && json["workers"]?.arrayValue?.first?["alive"] == true
         }
         #expect(seen, "\(snapshot)")
         #expect(snapshot["committed"]?.intValue == 5)
