@@ -29,6 +29,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird-websocket", from: "2.8.1"),
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         .systemLibrary(
@@ -50,6 +52,8 @@ let package = Package(
                 "StepwiseRedis",
                 "CStepwiseCrash",
                 .product(name: "Logging", package: "swift-log"),
+                // Light: the metrics API only; the Prometheus exporter lives in StepwiseMetrics.
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             // The protocol's Lua scripts, one file each, compiled into the binary (no bundle to ship).
@@ -69,6 +73,19 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             resources: [.embedInCode("Web/index.html"), .embedInCode("Web/openapi.json")],
+            swiftSettings: swiftSettings
+        ),
+        // The Prometheus exporter and the /metrics, /healthz, /readyz server of workers and gateways.
+        .target(
+            name: "StepwiseMetrics",
+            dependencies: [
+                "StepwiseCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
             swiftSettings: swiftSettings
         ),
         // A crash signal handler that tells Redis this worker crashed (async-signal-safe C).
@@ -94,6 +111,8 @@ let package = Package(
                 "StepwiseAgents",
                 "StepwiseRedis",
                 "StepwiseGateway",
+                "StepwiseMetrics",
+                .product(name: "Metrics", package: "swift-metrics"),
                 // RedisServerProcess: `loadtest --start-redis` runs (and, for chaos, restarts) its own redis-server.
                 "StepwiseTesting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -17,8 +17,11 @@ export STEPWISE_BIN="$(swift build --show-bin-path)/stepwise"
 if [ $# -gt 0 ]; then
   swift test --skip-build "$@"
 else
-  # The real-browser and schemathesis runs load both cores (chromium, a Python fuzzer): they run
-  # after the other suites, not beside their timing-sensitive tests.
-  swift test --skip-build --skip GatewayToolTests
+  # The real-browser and schemathesis runs load both cores (chromium, a Python fuzzer), and so do
+  # the operations checks (a prometheus server, Python schema validators, promtool): they run
+  # after the other suites, not beside their timing-sensitive tests, and apart from each other.
+  ops='DeployFilesTests|MetricsScrapeTests|GatewayMetricsTests|TopCommandTests'
+  swift test --skip-build --skip GatewayToolTests --skip "$ops"
+  swift test --skip-build --filter "$ops"
   swift test --skip-build --filter GatewayToolTests
 fi

@@ -61,6 +61,10 @@ public struct KeySpace: Sendable, Hashable {
     public func inflight(worker: String) -> String { prefix + "inflight:" + worker }
     /// STRING with a TTL that a live worker keeps refreshing.
     public func heartbeat(worker: String) -> String { prefix + "worker:" + worker }
+    /// A worker's report for `stepwise top` (``WorkerReport`` as JSON, with a TTL).
+    public func report(worker: String) -> String { prefix + "report:" + worker }
+    /// The pool-metrics lease: the id of the worker that reports the pool-wide gauges.
+    public var metricsLease: String { prefix + "metrics:lease" }
     /// HASH of a session: metadata, options and the agent's state document.
     public func session(_ id: SessionID) -> String { prefix + "s:{" + id.rawValue + "}" }
     /// LIST of the session's pending job ids, in the order they will apply.

@@ -129,6 +129,8 @@ public final class Worker: Service, Sendable {
     public let keys: KeySpace
     public let agents: AgentRegistry
     public let logger: Logger
+    /// This worker's metrics (no-ops unless a metrics backend is bootstrapped or given).
+    public let metrics: WorkerMetrics
     let state = Mutex(RunState())
     /// The connection every step's claim, commit, release and progress scripts share: calls made
     /// while it is busy go out together (``RedisConnection/evalScriptCoalesced(_:keys:arguments:)``),
@@ -168,10 +170,15 @@ public final class Worker: Service, Sendable {
     }
 
     /// Creates a worker; nothing connects until ``run()``.
+    ///
+    /// - Parameter metrics: where its metrics go; by default handles made with the bootstrapped
+    ///   `MetricsSystem` factory (no-ops when none is).
     public init(
         configuration: Configuration, redis: RedisConnection.Configuration, keys: KeySpace, agents: AgentRegistry,
-        logger: Logger
+        logger: Logger, metrics: WorkerMetrics? = nil
     ) {
+        let metrics = metrics ?? WorkerMetrics(agents: agents.names)
+        self.metrics = metrics
         self.configuration = configuration
         self.redis = redis
         self.keys = keys
@@ -181,15 +188,22 @@ public final class Worker: Service, Sendable {
         self.logger = logger
         var stepsConfig = redis
         stepsConfig.clientName = "stepwise:\(configuration.workerID):steps"
+        stepsConfig.observer = metrics.redisObserver(role: "steps")
         self.steps = RedisConnection(configuration: stepsConfig, logger: logger)
         self.scripts = ScriptCalls(keys: keys, eventsMaxLength: configuration.eventsMaxLength)
     }
 
     var stopping: Bool { state.withLock { $0.stopping } }
 
+    /// Ready to take steps: registered (heartbeat written), not shutting down, and Redis has not
+    /// refused a write for lack of memory since the last claim or commit went through. The
+    /// metrics server's readiness probe answers this.
+    public var isReady: Bool { state.withLock { $0.registered && !$0.stopping && !$0.redisFull } }
+
     func connection(_ role: String) -> RedisConnection {
         var config = redis
         config.clientName = "stepwise:\(configuration.workerID):\(role)"
+        if role != "crash" { config.observer = metrics.redisObserver(role: role) }
         return RedisConnection(configuration: config, logger: logger)
     }
 
@@ -222,6 +236,10 @@ public final class Worker: Service, Sendable {
                 }
                 group.addTask {
                     await self.promoter(control)
+                    return .maintenance
+                }
+                group.addTask {
+                    await self.reporter(control)
                     return .maintenance
                 }
                 group.addTask {
@@ -276,6 +294,8 @@ enum Claim: Sendable {
         var failures: Int
         /// The step was in flight with others when its worker crashed: it runs alone next.
         var quarantined: Bool
+        /// When this process decoded the claim's reply (the start of the claim-to-commit overhead).
+        var claimedAt: ContinuousClock.Instant = .now
     }
     case run(Job)
     case skip(String)

@@ -195,6 +195,7 @@ extension Worker {
         let alive = try await conn.pipeline(others.map { ["EXISTS", RedisArgument(keys.heartbeat(worker: $0))] })
         for (id, exists) in zip(others, alive) where exists.int == 0 {
             let n = try await reap(id, on: conn, pruneAfter: pruneAfter)
+            metrics.reaped(n)
             if n > 0 {
                 logger.info(
                     "recovered jobs of a dead worker",
@@ -299,7 +300,7 @@ extension Worker {
 
     func deregister(_ conn: RedisConnection) async {
         do {
-            _ = try await conn.send(["DEL", RedisArgument(keys.heartbeat(worker: workerID))])
+            _ = try await conn.send(["DEL", RedisArgument(keys.heartbeat(worker: workerID)), RedisArgument(keys.report(worker: workerID))])
             _ = try await reap(workerID, on: conn, pruneAfter: .zero)
         } catch {
             logger.warning("could not deregister; the reaper will", metadata: [LogKeys.error: "\(error)"])

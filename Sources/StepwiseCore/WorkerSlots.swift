@@ -159,6 +159,10 @@ extension Worker {
         var deadReason: String = ""
         /// Attempts to record on a dead letter, when not this delivery's number.
         var attempts: Int?
+        /// The session was cancelled while the step ran (counted as `cancelled`, committed as `fail`).
+        var cancelled = false
+        /// How long the agent's step ran (zero when it never ran).
+        var ran: Duration = .zero
     }
 
     /// Runs one claimed step and commits it; returns the next claim when the commit brought one.
@@ -166,7 +170,11 @@ extension Worker {
     /// this returns.
     private func process(_ job: Claim.Job) async throws -> Claim? {
         state.withLock { _ = $0.active.insert(job.jobID) }
-        defer { state.withLock { _ = $0.active.remove(job.jobID) } }
+        metrics.started(jobID: job.jobID, agent: job.agent)
+        defer {
+            state.withLock { _ = $0.active.remove(job.jobID) }
+            metrics.finished(jobID: job.jobID)
+        }
         var log = logger
         log[metadataKey: LogKeys.jobID] = .string(job.jobID)
         log[metadataKey: LogKeys.sessionID] = .string(job.sessionID)
@@ -189,7 +197,10 @@ extension Worker {
                 try await runAlone(job, logger: log)
                 solo = true
             }
-            outcome = try await run(job, agent: agent, maxAttempts: maxAttempts, logger: log)
+            let start = ContinuousClock.now
+            var ran = try await run(job, agent: agent, maxAttempts: maxAttempts, logger: log)
+            ran.ran = ContinuousClock.now - start
+            outcome = ran
         }
         return try await commit(job, outcome: outcome, fetchNext: !solo, logger: log)
     }
@@ -275,7 +286,7 @@ extension Worker {
         case .failure(let error):
             if sessionCancelled {
                 logger.info("running step cancelled with its session")
-                return Outcome(kind: .fail, state: job.state, payload: JSONValue.string("cancelled").jsonString)
+                return Outcome(kind: .fail, state: job.state, payload: JSONValue.string("cancelled").jsonString, cancelled: true)
             }
             if let e = error as? StepwiseError, e.code == .holdLost {
                 // Another worker has the step now: whatever we commit is rejected as stale.
@@ -391,6 +402,10 @@ extension Worker {
             guard let parts = reply.array, let status = parts.first?.string else {
                 throw StepwiseError(.unexpectedReply, "commit script returned \(reply)")
             }
+            let label = status == "stale" ? "stale" : (outcome.cancelled ? "cancelled" : outcome.kind.rawValue)
+            metrics.committed(
+                jobID: job.jobID, sessionID: job.sessionID, agent: job.agent, outcome: label, step: outcome.ran,
+                total: ContinuousClock.now - job.claimedAt, failed: outcome.kind == .fail && !outcome.cancelled)
             switch status {
             case "retry":
                 let due = Dispatcher.nowMillis() + outcome.retryDelay.milliseconds

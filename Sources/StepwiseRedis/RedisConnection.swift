@@ -38,6 +38,8 @@ public actor RedisConnection {
         /// ``RedisConnection/evalScriptCoalesced(_:keys:arguments:)`` does: for a connection
         /// that many concurrent tasks share (a gateway's HTTP requests).
         public var coalesceCalls = false
+        /// Told of each round trip's latency and of each reconnect (metrics); nil: nothing is measured.
+        public var observer: RedisObserver?
 
         /// Creates a configuration with defaulted timeouts.
         public init(
@@ -216,6 +218,7 @@ public actor RedisConnection {
             var shas: [String?] = []
             shas.reserveCapacity(batch.count)
             for call in batch { shas.append(try call.script.map { try loadedSHA($0) }) }
+            let start = configuration.observer.map { _ in ContinuousClock.now }
             var total = 0
             for (call, sha) in zip(batch, shas) {
                 for i in call.commands.indices { try append(ctx, call.command(i, sha: sha)) }
@@ -227,6 +230,7 @@ public actor RedisConnection {
                 guard let c = context else { throw RedisError(.io, "not connected", address: address) }
                 replies.append(try readReply(c))
             }
+            if let start { configuration.observer?.roundTrip(ContinuousClock.now - start) }
             var next = 0
             for call in batch {
                 var mine = Array(replies[next..<next + call.commands.count])
@@ -373,6 +377,7 @@ public actor RedisConnection {
         scriptSHAs.removeAll()
         connectCount += 1
         if connectCount > 1 {
+            configuration.observer?.reconnected()
             logger.info("redis reconnected", metadata: ["stepwise.redis": .string(address)])
         }
     }
@@ -389,18 +394,24 @@ public actor RedisConnection {
                 redisSetTimeout(c, chiredis_timeval_ms(configuration.commandTimeout.milliseconds))
             }
         }
+        let start = configuration.observer.map { _ in ContinuousClock.now }
         try append(ctx, arguments)
-        return try readReply(ctx)
+        let reply = try readReply(ctx)
+        // A blocking command's wait is not a round trip.
+        if let start, blockingFor == nil { configuration.observer?.roundTrip(ContinuousClock.now - start) }
+        return reply
     }
 
     private func pipelineNow(_ commands: [[RedisArgument]]) throws -> [RESPValue] {
         guard let ctx = context else {
             throw RedisError(.io, "not connected", address: address)
         }
+        let start = configuration.observer.map { _ in ContinuousClock.now }
         for command in commands { try append(ctx, command) }
         var replies: [RESPValue] = []
         replies.reserveCapacity(commands.count)
         for _ in commands { replies.append(try readReply(ctx)) }
+        if let start { configuration.observer?.roundTrip(ContinuousClock.now - start) }
         return replies
     }
 

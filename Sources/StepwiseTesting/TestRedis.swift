@@ -142,21 +142,48 @@ public func runBinary(_ arguments: [String], environment: [String: String] = [:]
     -> (status: Int32, stdout: String, stderr: String)
 {
     guard let binary = TestRedis.binary else { throw StepwiseError(.invalidConfiguration, "STEPWISE_BIN is not set") }
+    return try await runTool(binary, arguments, environment: environment, timeout: timeout)
+}
+
+/// Runs a program (a path, or a name looked up in `PATH`) to completion within `timeout` (then
+/// it is terminated) and captures its output. The output goes to temporary files, not pipes, so a
+/// program that leaves a daemon behind holding them (`tmux new-session -d`) cannot block the read.
+public func runTool(
+    _ program: String, _ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(30)
+) async throws -> (status: Int32, stdout: String, stderr: String) {
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: binary)
-    process.arguments = arguments
+    if program.contains("/") {
+        process.executableURL = URL(fileURLWithPath: program)
+    } else {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [program]
+    }
+    process.arguments = (process.arguments ?? []) + arguments
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
-    let out = Pipe()
-    let err = Pipe()
+    let base = FileManager.default.temporaryDirectory.appendingPathComponent("stepwise-tool-\(UUID().uuidString)")
+    let outURL = base.appendingPathExtension("out")
+    let errURL = base.appendingPathExtension("err")
+    _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
+    defer {
+        try? FileManager.default.removeItem(at: outURL)
+        try? FileManager.default.removeItem(at: errURL)
+    }
+    let out = try FileHandle(forWritingTo: outURL)
+    let err = try FileHandle(forWritingTo: errURL)
+    defer {
+        try? out.close()
+        try? err.close()
+    }
     process.standardOutput = out
     process.standardError = err
     process.standardInput = FileHandle.nullDevice
     try process.run()
     let finished = await eventually(timeout: timeout, interval: .milliseconds(10)) { !process.isRunning }
     if !finished { process.terminate() }
-    let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     process.waitUntilExit()
+    let stdout = (try? String(contentsOf: outURL, encoding: .utf8)) ?? ""
+    let stderr = (try? String(contentsOf: errURL, encoding: .utf8)) ?? ""
     return (process.terminationStatus, stdout, stderr)
 }
 

@@ -3,9 +3,11 @@ import Foundation
 import Hummingbird
 import HummingbirdWebSocket
 import Logging
+import Metrics
 import StepwiseAgents
 import StepwiseCore
 import StepwiseGateway
+import StepwiseMetrics
 import StepwiseRedis
 
 /// Where the token signing key comes from: a file or an environment variable, never a flag value
@@ -42,6 +44,12 @@ struct GatewayCommand: AsyncParsableCommand {
 
     @Option(help: "Address to listen on, host:port (loopback by default).")
     var listen: String = "127.0.0.1:8080"
+
+    @Option(
+        help: ArgumentHelp(
+            "Serve Prometheus metrics on GET /metrics, and probes on /healthz and /readyz, at this host:port (off by default).",
+            valueName: "host:port"))
+    var metricsListen: String?
 
     @Option(help: "Agents a new session may run, comma-separated (default: the built-in agents).")
     var agents: String?
@@ -93,12 +101,27 @@ struct GatewayCommand: AsyncParsableCommand {
             connection: command, keys: connection.keys, tokens: tokens, hub: hub,
             configuration: .init(agentNames: names, maxSubscriptionsPerOwner: maxSubscriptionsPerOwner), logger: logger)
         let router = Router(context: BasicWebSocketRequestContext.self)
+        var metricsServer: MetricsServer?
+        if let metricsListen {
+            guard let (mhost, mport) = MetricsServer.parseAddress(metricsListen) else {
+                throw ValidationError("--metrics-listen '\(metricsListen)' must be host:port, like 127.0.0.1:9465")
+            }
+            let export = PrometheusExport()
+            // Only the executable bootstraps: Hummingbird's MetricsMiddleware uses the global factory.
+            MetricsSystem.bootstrap(export.factory)
+            router.add(middleware: MetricsMiddleware())
+            metricsServer = MetricsServer(host: mhost, port: mport, export: export, logger: logger) {
+                // Ready when Redis answers.
+                (try? await command.send(["PING"]))?.string == "PONG"
+            }
+        }
         gateway.addRoutes(to: router)
         var app = Application(
             router: router, server: .http1WebSocketUpgrade(webSocketRouter: router),
             configuration: .init(address: .hostname(host, port: port), serverName: "stepwise"),
             logger: logger)
         app.addServices(hub)
+        if let metricsServer { app.addServices(metricsServer) }
         // Hummingbird logs "Server started and listening on ..." at notice; say it once for scripts.
         logger.notice("gateway listening", metadata: ["stepwise.listen": "\(host):\(port)"])
         try await app.runService()

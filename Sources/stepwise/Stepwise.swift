@@ -12,7 +12,7 @@ struct Stepwise: AsyncParsableCommand {
         abstract: "Run AI-agent sessions step by step on a pool of stateless workers, with all state in Redis.",
         subcommands: [
             WorkerCommand.self, SubmitCommand.self, WatchCommand.self, StatusCommand.self, SessionsCommand.self,
-            QueueCommand.self, CancelCommand.self, TouchCommand.self, DeadCommand.self, LoadTestCommand.self,
+            QueueCommand.self, TopCommand.self, CancelCommand.self, TouchCommand.self, DeadCommand.self, LoadTestCommand.self,
             GatewayCommand.self, TokenCommand.self,
         ]
     )

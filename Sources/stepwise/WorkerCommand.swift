@@ -4,6 +4,7 @@ import Logging
 import ServiceLifecycle
 import StepwiseAgents
 import StepwiseCore
+import StepwiseMetrics
 import StepwiseRedis
 import UnixSignals
 
@@ -57,9 +58,15 @@ struct WorkerCommand: AsyncParsableCommand {
 
     @Option(
         help:
-            "Seconds a session must be idle (nothing queued or running) before its event stream is compacted to nothing (readers resuming from before get a reset with a snapshot); 0 never compacts."
+            "Seconds a session must be idle (nothing queued or running) before its event stream is removed, keeping its last id (readers resuming from before it get a reset with a snapshot), and up to 8 idempotency keys fold into its hash; 0 never compacts."
     )
     var compactAfter: Double = 300
+
+    @Option(
+        help: ArgumentHelp(
+            "Serve Prometheus metrics on GET /metrics, and probes on /healthz and /readyz, at this host:port (off by default).",
+            valueName: "host:port"))
+    var metricsListen: String?
 
     @Flag(help: "Refuse to start when Redis may lose jobs (maxmemory-policy not noeviction, or append-only file off).")
     var strict = false
@@ -97,6 +104,9 @@ struct WorkerCommand: AsyncParsableCommand {
         guard maxActiveSessions >= 0 else { throw ValidationError("--max-active-sessions must be 0 (no limit) or more") }
         guard maxStateBytes >= 1024 else { throw ValidationError("--max-state-bytes must be at least 1024") }
         _ = try seconds(compactAfter, flag: "--compact-after")
+        if let metricsListen, MetricsServer.parseAddress(metricsListen) == nil {
+            throw ValidationError("--metrics-listen '\(metricsListen)' must be host:port, like 127.0.0.1:9464")
+        }
         if let maskFields, maskFields.split(separator: ",").allSatisfy({ $0.trimmingCharacters(in: .whitespaces).isEmpty }) {
             throw ValidationError("--mask-fields must name at least one field, e.g. --mask-fields password,token")
         }
@@ -136,13 +146,28 @@ struct WorkerCommand: AsyncParsableCommand {
                 "--log-payloads is on: step inputs, states, results and errors go to the logs",
                 metadata: ["stepwise.masked_fields": .string(payloads.maskedFields.joined(separator: ","))])
         }
+        let agents = AgentRegistry.builtIn.loggingPayloads(payloads)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        var metrics: WorkerMetrics?
+        var export: PrometheusExport?
+        if metricsListen != nil {
+            let e = PrometheusExport()
+            export = e
+            metrics = WorkerMetrics(agents: agents.names, factory: e.factory)
+        }
         let worker = Worker(
             configuration: config, redis: connection.redisConfiguration(name: "stepwise"), keys: connection.keys,
-            agents: AgentRegistry.builtIn.loggingPayloads(payloads), logger: logger)
+            agents: agents, logger: logger, metrics: metrics)
+        if let metricsListen, let export, let (host, port) = MetricsServer.parseAddress(metricsListen) {
+            // Listed first: graceful shutdown stops services in reverse order, so probes and
+            // /metrics keep answering (readiness: 503) while running steps finish.
+            services.append(
+                .init(service: MetricsServer(host: host, port: port, export: export, logger: logger) { worker.isReady }))
+        }
+        services.append(.init(service: worker))
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: worker)], gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [],
-                logger: logger))
+                services: services, gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [], logger: logger))
         // ServiceLifecycle starts the graceful shutdown on the first SIGTERM/SIGINT. A second one
         // cancels the worker at once: running steps are cancelled and released to the front of
         // their sessions (an agent that ignores cancellation is covered by the reaper after a

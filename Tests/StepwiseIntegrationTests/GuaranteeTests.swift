@@ -125,13 +125,18 @@ struct GuaranteeTests {
             return await eventually(timeout: .seconds(25), interval: .milliseconds(200)) {
                 let left = (try? await p.allKeys()) ?? ["?"]
                 return left.allSatisfy {
-                    ["stats", "seq", "cancels", "workers", "worker:orphans-w"].contains(String($0.dropFirst(keys.prefix.count)))
+                    // The worker's own keys while it runs (heartbeat, report, the pool-metrics lease).
+                    ["stats", "seq", "cancels", "workers", "worker:orphans-w", "report:orphans-w", "metrics:lease"]
+                        .contains(String($0.dropFirst(keys.prefix.count)))
                 }
             }
         }
         let left = try await p.allKeys().map { String($0.dropFirst(keys.prefix.count)) }
         #expect(cleared, "only pool-wide keys are left: \(left)")
-        #expect(Set(left).isSubset(of: ["stats", "seq", "cancels"]), "\(left)")
+        // The pool-metrics lease outlives the worker by its TTL (5 s) at most.
+        #expect(Set(left).isSubset(of: ["stats", "seq", "cancels", "metrics:lease"]), "\(left)")
+        let leaseTTL = try await conn.send(["PTTL", RedisArgument(keys.metricsLease)]).int ?? -1
+        #expect(leaseTTL == -2 || (0...5000).contains(leaseTTL), "lease gone or expiring: PTTL \(leaseTTL)")
         #expect(try await p.stat("stale_commits") >= 1, "the mid-step session's late commit was rejected")
     }
 }

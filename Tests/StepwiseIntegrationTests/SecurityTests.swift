@@ -169,7 +169,7 @@ struct SecurityTests {
                 + admin)
         #expect(dead.status == 1 && dead.stdout.contains("step.dead"), "admin submit: \(dead.stdout) \(dead.stderr)")
 
-        // The operator user reads: status, watch, queue, sessions, dead list and show.
+        // The operator user reads: status, watch, queue, sessions, dead list and show, top.
         let op = acl.arguments("operator")
         let status = try await runBinary(["status", "acl1", "--json"] + op)
         #expect(status.status == 0, "operator status: \(status.stderr)")
@@ -187,6 +187,22 @@ struct SecurityTests {
         let deadJob = try #require(try JSONValue(parsing: String(deadList.stdout.split(separator: "\n")[0]))["job"]?.stringValue)
         let show = try await runBinary(["dead", "show", deadJob] + op)
         #expect(show.status == 0, "operator dead show: \(show.stderr)")
+        // The operator runs `top --once --json`; what it shows of the worker comes from the report
+        // the worker user writes (and the pool-metrics lease it takes) every second.
+        var top: JSONValue = .null
+        let reported = await eventually(timeout: .seconds(10), interval: .milliseconds(200)) {
+            guard let r = try? await runBinary(["top", "--once", "--json", "--interval", "0.2"] + op), r.status == 0,
+                let json = try? JSONValue(parsing: r.stdout)
+            else { return false }
+            top = json
+            return json["workers"]?.arrayValue?.first?["slots"]?.intValue == 2
+        }
+        #expect(reported, "operator top: \(top)")
+        #expect(top["queues"]?["dead"]?.intValue == 1)
+        let adminConn = acl.connection("admin")
+        let lease = try await adminConn.send(["GET", "sw:metrics:lease"])
+        #expect(lease.string == "acl-w", "the worker user holds the pool-metrics lease: \(lease)")
+        await adminConn.close()
 
         // The operator may not write: a submit is refused with one clear line.
         let opSubmit = try await runBinary(["submit", "--session", "acl4", "--agent", "echo"] + op)
