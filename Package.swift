@@ -20,6 +20,7 @@ let package = Package(
         .library(name: "StepwiseAgents", targets: ["StepwiseAgents"]),
         .library(name: "StepwiseRedis", targets: ["StepwiseRedis"]),
         .library(name: "StepwiseGateway", targets: ["StepwiseGateway"]),
+        .library(name: "StepwiseLLM", targets: ["StepwiseLLM"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -29,6 +30,9 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird-websocket", from: "2.8.1"),
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        // Already resolved through Hummingbird and async-http-client; named for NIOCore/NIOHTTP1 types.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         .systemLibrary(
@@ -78,6 +82,19 @@ let package = Package(
             dependencies: ["StepwiseCore"],
             swiftSettings: swiftSettings
         ),
+        // The `llm` agent and the model-written quiz: async-http-client stays out of the core.
+        .target(
+            name: "StepwiseLLM",
+            dependencies: [
+                "StepwiseCore",
+                "StepwiseAgents",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "StepwiseTesting",
             dependencies: [
@@ -94,6 +111,7 @@ let package = Package(
                 "StepwiseAgents",
                 "StepwiseRedis",
                 "StepwiseGateway",
+                "StepwiseLLM",
                 // RedisServerProcess: `loadtest --start-redis` runs (and, for chaos, restarts) its own redis-server.
                 "StepwiseTesting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -125,6 +143,11 @@ let package = Package(
         .testTarget(
             name: "StepwiseIntegrationTests",
             dependencies: ["StepwiseCore", "StepwiseAgents", "StepwiseRedis", "StepwiseTesting"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "StepwiseLLMTests",
+            dependencies: ["StepwiseCore", "StepwiseAgents", "StepwiseRedis", "StepwiseTesting", "StepwiseLLM"],
             swiftSettings: swiftSettings
         ),
     ]

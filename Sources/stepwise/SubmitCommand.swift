@@ -68,8 +68,8 @@ struct SubmitCommand: AsyncParsableCommand {
 
     func validate() throws {
         if let session { _ = try parseSessionID(session, flag: "--session") }
-        if let agent, AgentRegistry.builtIn[agent] == nil {
-            throw ValidationError("--agent '\(agent)' is unknown: use one of \(AgentRegistry.builtIn.names.joined(separator: ", "))")
+        if let agent, AgentRegistry.known()[agent] == nil {
+            throw ValidationError("--agent '\(agent)' is unknown: use one of \(AgentRegistry.known().names.joined(separator: ", "))")
         }
         guard maxInputBytes > 0 else { throw ValidationError("--max-input-bytes must be positive") }
         if let ttl { _ = try ttlDuration(ttl) }
@@ -143,7 +143,7 @@ struct SubmitCommand: AsyncParsableCommand {
         let logger = connection.makeLogger()
         let conn = try await connection.connect(name: "stepwise:submit", logger: logger)
         let dispatcher = Dispatcher(
-            connection: conn, keys: connection.keys, agents: .builtIn, configuration: .init(maxInputBytes: maxInputBytes))
+            connection: conn, keys: connection.keys, agents: .known(), configuration: .init(maxInputBytes: maxInputBytes))
         let sessionID =
             try session.map { try parseSessionID($0, flag: "--session") }
             ?? SessionID(String(UUID().uuidString.prefix(13)).lowercased())

@@ -19,6 +19,8 @@ struct WorkerCommand: AsyncParsableCommand {
 
     @OptionGroup var connection: ConnectionOptions
 
+    @OptionGroup(title: "The llm agent and llm=true quizzes") var llm: LLMWorkerOptions
+
     @Option(help: "Steps run at once in this process (1-1000).")
     var concurrency: Int = 8
 
@@ -120,6 +122,7 @@ struct WorkerCommand: AsyncParsableCommand {
             retryDelay: try seconds(retryDelay, flag: "--retry-delay", min: 0.01),
             maxRetryDelay: try seconds(maxRetryDelay, flag: "--max-retry-delay", min: retryDelay),
             maxActiveSessions: maxActiveSessions, maxStateBytes: maxStateBytes, strict: strict)
+        let llmConfiguration = try llm.configuration()
         // Fail fast, with one clear line, when Redis is unreachable or refuses these credentials.
         try await probeRedis(logger: logger)
         let payloads = payloadLogging
@@ -130,7 +133,7 @@ struct WorkerCommand: AsyncParsableCommand {
         }
         let worker = Worker(
             configuration: config, redis: connection.redisConfiguration(name: "stepwise"), keys: connection.keys,
-            agents: AgentRegistry.builtIn.loggingPayloads(payloads), logger: logger)
+            agents: AgentRegistry.known(llm: llmConfiguration).loggingPayloads(payloads), logger: logger)
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: worker)], gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [],
