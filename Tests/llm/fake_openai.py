@@ -15,7 +15,7 @@ Faults and behaviours are chosen per request by `+`-separated directives in the 
   malformedxN  the first N requests stream a chunk that is not JSON
   slowMS       MS milliseconds between chunks
   words=N      the answer is N words long (`w1 w2 ...`)
-  loop         always answer with a tool call (the first tool offered), never with text
+  loop         answer with a tool call (the first tool offered) unless tool_choice is "none"
   fenced       quiz JSON comes wrapped in a ```json fence with prose around it
   badjsonxN    the first N quiz-question answers have the wrong shape (3 choices, answer 7)
 Without directives the answer is `You said: <last user message>`. A user message made of lines
@@ -195,7 +195,7 @@ class Handler(BaseHTTPRequestHandler):
         schema_name = (rf.get("json_schema") or {}).get("name")
         if schema_name:
             return ("text", self.quiz(schema_name, rf, messages, d, req.get("model", "")))
-        if d.get("loop") and tools:
+        if d.get("loop") and tools and req.get("tool_choice") != "none":
             name = tools[0]["function"]["name"]
             return ("tools", [(name, json.dumps({"expression": "1+1"}))])
         if last.get("role") == "tool":
