@@ -121,7 +121,8 @@ public struct QuizAgent: Agent {
             guard let modelWriter else {
                 return StepResult(
                     state: state,
-                    outcome: .fail("this worker has no model for llm=true quizzes: start it with --llm-base-url (see README, The llm agent)"))
+                    outcome: .fail(
+                        "this worker has no model for llm=true quizzes: start it with --llm-base-url (see README, The llm agent)"))
             }
             writer = modelWriter
         default:

@@ -73,7 +73,9 @@ public struct QuizQuestion: Sendable, Hashable {
         guard let q = json["q"]?.stringValue, !q.trimmingCharacters(in: .whitespaces).isEmpty, q.count <= 500 else {
             return "\"q\" must be a question of 1-500 characters"
         }
-        guard let choices = json["choices"]?.arrayValue, choices.count == 4 else { return "\"choices\" must be a list of exactly 4 strings" }
+        guard let choices = json["choices"]?.arrayValue, choices.count == 4 else {
+            return "\"choices\" must be a list of exactly 4 strings"
+        }
         let texts = choices.compactMap(\.stringValue)
         guard texts.count == 4, texts.allSatisfy({ !$0.trimmingCharacters(in: .whitespaces).isEmpty && $0.count <= 200 }) else {
             return "\"choices\" must be 4 non-empty strings of at most 200 characters"
@@ -98,7 +100,8 @@ public struct TemplateQuizWriter: QuizWriter {
     public func question(topic: String, angle: String, index: Int, count: Int, context: StepContext) async throws -> QuizQuestion {
         let choices = (1...4).map { "option \($0) about \(angle)" }
         // Not checked against the model's limits: a long topic makes long template text, as before.
-        return QuizQuestion(unchecked: "Question \(index + 1): what matters most in \(angle)?", choices: choices, answer: (index * 7 + 1) % 4)
+        return QuizQuestion(
+            unchecked: "Question \(index + 1): what matters most in \(angle)?", choices: choices, answer: (index * 7 + 1) % 4)
     }
 
     public func summary(topic: String, questions: [QuizQuestion], context: StepContext) async throws -> String {

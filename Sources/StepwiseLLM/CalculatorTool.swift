@@ -77,7 +77,9 @@ public struct CalculatorTool: Tool {
                 return value
             }
             let start = offset
-            while offset < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[offset]) || bytes[offset] == UInt8(ascii: ".") {
+            while offset < bytes.count,
+                (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[offset]) || bytes[offset] == UInt8(ascii: ".")
+            {
                 offset += 1
             }
             guard offset > start, let value = Double(String(decoding: bytes[start..<offset], as: UTF8.self)) else {

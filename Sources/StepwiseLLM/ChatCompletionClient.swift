@@ -117,17 +117,24 @@ public struct ChatCompletionClient: Sendable {
                 var delay = backoff(attempt: attempt)
                 if let asked = retryAfter(response.headers) {
                     guard asked <= configuration.maxRetryAfter else {
-                        throw LLMError(code, "HTTP \(status) with Retry-After \(asked), longer than the \(configuration.maxRetryAfter) this client waits")
+                        throw LLMError(
+                            code,
+                            "HTTP \(status) with Retry-After \(asked), longer than the \(configuration.maxRetryAfter) this client waits")
                     }
                     delay = asked
                 }
                 logger.info(
                     "llm endpoint asked to retry",
-                    metadata: ["stepwise.http_status": .stringConvertible(status), "stepwise.retry_ms": .stringConvertible(delay.wholeMilliseconds)])
+                    metadata: [
+                        "stepwise.http_status": .stringConvertible(status),
+                        "stepwise.retry_ms": .stringConvertible(delay.wholeMilliseconds),
+                    ])
                 try await onEvent(.retrying(status: status, delay: delay, attempt: attempt))
                 try await Task.sleep(for: delay)
             case 401, 403:
-                throw LLMError(.missingAPIKey, "HTTP \(status): the endpoint refused the API key (--llm-api-key-file or STEPWISE_LLM_API_KEY): \(detail)")
+                throw LLMError(
+                    .missingAPIKey,
+                    "HTTP \(status): the endpoint refused the API key (--llm-api-key-file or STEPWISE_LLM_API_KEY): \(detail)")
             default:
                 throw LLMError(.http, "HTTP \(status): \(detail)")
             }

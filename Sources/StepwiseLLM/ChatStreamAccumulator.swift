@@ -77,7 +77,10 @@ public struct ChatStreamAccumulator: Sendable {
         var added: String?
         for choice in choices where (choice["index"]?.intValue ?? 0) == 0 {
             guard let delta = choice["delta"], delta.objectValue != nil else {
-                if let reason = choice["finish_reason"]?.stringValue { finishReason = reason; continue }
+                if let reason = choice["finish_reason"]?.stringValue {
+                    finishReason = reason
+                    continue
+                }
                 throw LLMError(.malformedChunk, "streamed chunk \(chunks) has a choice without a delta object")
             }
             if let text = delta["content"]?.stringValue, !text.isEmpty {

@@ -24,7 +24,8 @@ public struct LLMAgent: Agent {
 
     public func step(state: JSONValue, input: JSONValue, context: StepContext) async throws -> StepResult {
         guard let configuration else {
-            return StepResult(state: state, outcome: .fail("this worker has no model endpoint: start it with --llm-base-url (README, The llm agent)"))
+            return StepResult(
+                state: state, outcome: .fail("this worker has no model endpoint: start it with --llm-base-url (README, The llm agent)"))
         }
         let options: LLMOptions
         do {
@@ -76,7 +77,8 @@ struct Conversation: Sendable {
             switch event {
             case .content(let piece):
                 if let out = coalescer.add(piece) {
-                    try await context.progress("tokens", data: ["text": .string(out.text), "tokens": .int(out.tokens), "round": .int(round)])
+                    try await context.progress(
+                        "tokens", data: ["text": .string(out.text), "tokens": .int(out.tokens), "round": .int(round)])
                 }
             case .retrying(let status, let delay, let attempt):
                 try await context.progress(

@@ -83,7 +83,8 @@ public struct LLMOptions: Sendable, Hashable {
             }
             let known = Set(configuration.tools.map(\.name))
             if let unknown = list.first(where: { !known.contains($0) }) {
-                throw bad("option tools names '\(unknown)', which this worker does not have (it has: \(known.sorted().joined(separator: ", ")))")
+                throw bad(
+                    "option tools names '\(unknown)', which this worker does not have (it has: \(known.sorted().joined(separator: ", ")))")
             }
             tools = list
         }

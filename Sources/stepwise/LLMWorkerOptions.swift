@@ -15,7 +15,8 @@ struct LLMWorkerOptions: ParsableArguments {
 
     @Option(
         name: .customLong("llm-allow-base-url"),
-        help: ArgumentHelp("Another base URL sessions may choose with the option base_url (repeatable); the API key goes to these too.", valueName: "url"))
+        help: ArgumentHelp(
+            "Another base URL sessions may choose with the option base_url (repeatable); the API key goes to these too.", valueName: "url"))
     var allowedBaseURLs: [String] = []
 
     @Option(name: .customLong("llm-model"), help: ArgumentHelp("Model of sessions that set no option model.", valueName: "name"))
@@ -23,12 +24,15 @@ struct LLMWorkerOptions: ParsableArguments {
 
     @Option(
         name: .customLong("llm-api-key-file"),
-        help: ArgumentHelp("File holding the endpoint's API key (one line); else the environment variable STEPWISE_LLM_API_KEY; else no key.", valueName: "path"))
+        help: ArgumentHelp(
+            "File holding the endpoint's API key (one line); else the environment variable STEPWISE_LLM_API_KEY; else no key.",
+            valueName: "path"))
     var apiKeyFile: String?
 
     @Option(
         name: .customLong("llm-notes-file"),
-        help: ArgumentHelp("Offer the save_note demo tool, which appends notes to this file (JSON lines), once per idempotency key.", valueName: "path"))
+        help: ArgumentHelp(
+            "Offer the save_note demo tool, which appends notes to this file (JSON lines), once per idempotency key.", valueName: "path"))
     var notesFile: String?
 
     @Option(name: .customLong("llm-http-attempts"), help: "Attempts of a request answered 429 or 5xx, or unreachable (1-20).")
@@ -52,7 +56,9 @@ struct LLMWorkerOptions: ParsableArguments {
             throw ValidationError("--llm-allow-base-url, --llm-model, --llm-api-key-file and --llm-notes-file need --llm-base-url")
         }
         for url in [baseURL].compactMap({ $0 }) + allowedBaseURLs {
-            do { _ = try LLMConfiguration.normalized(baseURL: url) } catch let e as LLMError { throw ValidationError("\(url): \(e.message)") }
+            do { _ = try LLMConfiguration.normalized(baseURL: url) } catch let e as LLMError {
+                throw ValidationError("\(url): \(e.message)")
+            }
         }
         if let model, model.isEmpty || model.utf8.count > 256 { throw ValidationError("--llm-model must be 1-256 bytes") }
     }
@@ -71,7 +77,8 @@ struct LLMWorkerOptions: ParsableArguments {
                 key = try APIKey(env)
             }
         } catch let error as LLMError {
-            throw ValidationError("the llm API key (\(apiKeyFile.map { "--llm-api-key-file \($0)" } ?? "STEPWISE_LLM_API_KEY")): \(error.message)")
+            throw ValidationError(
+                "the llm API key (\(apiKeyFile.map { "--llm-api-key-file \($0)" } ?? "STEPWISE_LLM_API_KEY")): \(error.message)")
         }
         var tools: [any Tool] = [CalculatorTool(), ClockTool()]
         if let notesFile { tools.append(NotesTool(path: notesFile)) }

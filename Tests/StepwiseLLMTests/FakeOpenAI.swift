@@ -1,11 +1,12 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import StepwiseCore
 import StepwiseLLM
 import StepwiseRedis
 import StepwiseTesting
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// The repo's OpenAI-compatible test server (`Tests/llm/fake_openai.py`), started on a free
 /// loopback port with its own API key, and always stopped (``stop()``; ``kill()`` in a `defer`).
@@ -30,7 +31,8 @@ final class FakeOpenAI: Sendable {
         try apiKey.write(toFile: keyFile, atomically: true, encoding: .utf8)
         let portFile = directory + "/port"
         let child = try ChildProcess(
-            binary: "/usr/bin/env", arguments: ["python3", FakeOpenAI.script, "--port", "0", "--port-file", portFile, "--api-key-file", keyFile])
+            binary: "/usr/bin/env",
+            arguments: ["python3", FakeOpenAI.script, "--port", "0", "--port-file", portFile, "--api-key-file", keyFile])
         var found: Int?
         _ = await eventually(timeout: .seconds(20), interval: .milliseconds(20)) {
             found = (try? String(contentsOfFile: portFile, encoding: .utf8)).flatMap { Int($0) }

@@ -29,7 +29,9 @@ struct LLMAgentTests {
         /// A model name unique to this test, with fault directives.
         func model(_ directives: String...) -> String { (["m\(UUID().uuidString.prefix(8))"] + directives).joined(separator: "+") }
 
-        func submit(_ id: SessionID, agent: String = "llm", input: JSONValue, options: JSONValue, maxAttempts: Int? = nil) async throws -> String {
+        func submit(_ id: SessionID, agent: String = "llm", input: JSONValue, options: JSONValue, maxAttempts: Int? = nil) async throws
+            -> String
+        {
             var s = Submission(session: id, agent: agent, input: input, options: options)
             s.maxAttempts = maxAttempts
             return try await dispatcher.submit([s]).receipts()[0].jobID
@@ -144,7 +146,8 @@ struct LLMAgentTests {
             let (_, state) = try await session(h.conn, h.keys, id)
             let answer = state["answer"]?.stringValue ?? ""
             #expect(answer.hasPrefix("Tool results: {\"expression\":\"(2+3)*4\",\"value\":20}; 20"), "\(answer)")
-            #expect(state["messages"]?.arrayValue?.map { $0["role"]?.stringValue ?? "" } == ["user", "assistant", "tool", "tool", "assistant"])
+            #expect(
+                state["messages"]?.arrayValue?.map { $0["role"]?.stringValue ?? "" } == ["user", "assistant", "tool", "tool", "assistant"])
         }
     }
 
@@ -184,7 +187,7 @@ struct LLMAgentTests {
             let steps = try await events(h.conn, h.keys, failing).filter { $0.type == "step.started" }
             #expect(steps.count == 1, "retried within the step, not by the worker")
 
-            // A Retry-After over --llm-max-retry-after (here 2 s) fails the attempt at once.
+            // A Retry-After over --llm-max-retry-after (default 30 s) fails the attempt at once.
             let long = try SessionID("r429long")
             let modelLong = h.model("429x9", "ra=60")
             _ = try await h.submit(long, input: "hi", options: ["model": .string(modelLong)], maxAttempts: 1)
@@ -192,7 +195,7 @@ struct LLMAgentTests {
             let dead = try await events(h.conn, h.keys, long).first { $0.type == "step.dead" }
             #expect(dead?.fields["error"]?.contains("Retry-After") == true, "\(String(describing: dead))")
             #expect(try await h.fake.requests(model: modelLong).count == 1)
-        } 
+        }
     }
 
     @Test func aStreamCutMidwayIsRetriedByTheWorker() async throws {
@@ -226,7 +229,8 @@ struct LLMAgentTests {
         try await withHarness { h in
             let id = try SessionID("timeout")
             let start = ContinuousClock.now
-            _ = try await h.submit(id, input: "x", options: ["model": .string(h.model("words=100", "slow100")), "step_timeout": 1], maxAttempts: 1)
+            _ = try await h.submit(
+                id, input: "x", options: ["model": .string(h.model("words=100", "slow100")), "step_timeout": 1], maxAttempts: 1)
             #expect(try await h.settle(id, in: ["failed"]) == "failed", "\(h.worker.output.suffix(1500))")
             #expect(ContinuousClock.now - start < .seconds(6))
             let dead = try await events(h.conn, h.keys, id).first { $0.type == "step.dead" }
