@@ -216,6 +216,10 @@ func describe(_ e: StepEvent) -> String {
     if e.attempt > 1 { line += " (attempt \(e.attempt))" }
     if let m = e.fields["message"] { line += "  \(m)" }
     if let o = e.fields["outcome"] { line += "  outcome=\(o)" }
+    // Streamed model text (the llm agent's `tokens` events) is shown as it arrives.
+    if e.type == "step.progress", let d = e.fields["data"], let text = (try? JSONValue(parsing: d))?["text"]?.stringValue {
+        line += "  \(JSONValue.string(text.count > 200 ? String(text.prefix(200)) + "…" : text).jsonString)"
+    }
     if let d = e.fields["data"], !d.isEmpty, d != "null", e.type != "step.progress" {
         line += "  \(d.count > 200 ? String(d.prefix(200)) + "…" : d)"
     }
