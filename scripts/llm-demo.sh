@@ -50,7 +50,7 @@ stamp=$(date +%s)
 quiz="quiz-$stamp"
 echo "== a quiz written by the model: stepwise submit --agent quiz --option llm=true (2 questions), followed live"
 "$bin" submit --session "$quiz" --agent quiz --input '{"topic":"the planets of the solar system","questions":2}' \
-  --option llm=true --option temperature=0.2 --option max_tokens=200 --option response_format="${LLM_DEMO_RESPONSE_FORMAT:-json_schema}"
+  --option llm=true --option temperature=0.2 --option max_tokens=200 --option response_format="${LLM_DEMO_RESPONSE_FORMAT:-json_object_schema}"
 q0=$(date +%s.%N)
 "$bin" watch "$quiz"
 q1=$(date +%s.%N)

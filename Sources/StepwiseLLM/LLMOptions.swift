@@ -13,7 +13,7 @@ import StepwiseCore
 /// | `max_tool_rounds` | 4 | 0-20: requests answered with tool calls per step |
 /// | `step_timeout` | 120 | 1-3600 seconds for the whole step (every request, retry and tool) |
 /// | `tools` | every tool of the worker | a list of tool names to offer |
-/// | `response_format` (quiz) | `json_schema` | `json_schema`, `json_object` or `none` |
+/// | `response_format` (quiz) | `json_schema` | `json_schema`, `json_object`, `json_object_schema` (llama.cpp) or `none` |
 /// | `repairs` (quiz) | 2 | 0-5: re-asks after output of the wrong shape |
 public struct LLMOptions: Sendable, Hashable {
     public var baseURL: String
@@ -90,8 +90,8 @@ public struct LLMOptions: Sendable, Hashable {
         }
         responseFormat = "json_schema"
         if let raw = o["response_format"] {
-            guard let s = raw.stringValue, ["json_schema", "json_object", "none"].contains(s) else {
-                throw bad("option response_format must be json_schema, json_object or none")
+            guard let s = raw.stringValue, ["json_schema", "json_object", "json_object_schema", "none"].contains(s) else {
+                throw bad("option response_format must be json_schema, json_object, json_object_schema or none")
             }
             responseFormat = s
         }

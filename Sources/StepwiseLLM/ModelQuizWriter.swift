@@ -7,7 +7,8 @@ import StepwiseCore
 ///
 /// Each request streams its tokens as `tokens` progress events, like the `llm` agent, and asks
 /// for JSON through `response_format` (option `response_format`: `json_schema` with the part's
-/// schema, `json_object`, or `none`). A reply is accepted when its JSON object (found by
+/// schema, `json_object`, `json_object_schema` (the schema inside `json_object`, as llama.cpp's
+/// Python server takes it) or `none`). A reply is accepted when its JSON object (found by
 /// ``JSONRepair`` if the model wrapped it in prose or a fence) has the shape; otherwise the model
 /// is told what is wrong and asked again, up to the option `repairs` (default 2) times, and then
 /// the step throws (the worker retries it). The whole step is bounded by `step_timeout`.
@@ -107,6 +108,9 @@ public struct ModelQuizWriter: QuizWriter {
         switch options.responseFormat {
         case "json_schema": format = ["type": "json_schema", "json_schema": ["name": .string(name), "schema": schema]]
         case "json_object": format = ["type": "json_object"]
+        // llama-cpp-python's server (and Anyscale's) take the schema inside json_object and
+        // refuse the type json_schema.
+        case "json_object_schema": format = ["type": "json_object", "schema": schema]
         default: format = nil
         }
         let conversation = Conversation(configuration: configuration, options: options, context: context)

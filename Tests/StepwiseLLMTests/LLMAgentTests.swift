@@ -335,6 +335,17 @@ struct LLMAgentTests {
             let seen = try await h.fake.requests(model: model)
             let parts = seen.compactMap { $0["response_format"]?["json_schema"]?["name"]?.stringValue }
             #expect(parts == ["quiz_plan", "quiz_question", "quiz_question", "quiz_question", "quiz_summary"], "\(parts)")
+
+            // llama-cpp-python's server takes the schema inside json_object (and refuses json_schema).
+            let llama = try SessionID("quiz-llama")
+            let llamaModel = h.model()
+            _ = try await h.submit(
+                llama, agent: "quiz", input: ["topic": "Swift", "questions": 1],
+                options: ["llm": true, "model": .string(llamaModel), "response_format": "json_object_schema"])
+            #expect(try await h.settle(llama, in: ["done", "failed"]) == "done", "\(h.worker.output.suffix(2000))")
+            let formats = try await h.fake.requests(model: llamaModel).compactMap { $0["response_format"] }
+            #expect(formats.count == 3 && formats.allSatisfy { $0["type"] == "json_object" && $0["schema"]?["properties"] != nil })
+            #expect(try await session(h.conn, h.keys, llama).state["questions"]?.arrayValue?.count == 1)
         }
     }
 

@@ -21,7 +21,8 @@ Faults and behaviours are chosen per request by `+`-separated directives in the 
 Without directives the answer is `You said: <last user message>`. A user message made of lines
 `/call NAME {json arguments}` makes the model call those tools (in parallel, one per line); after
 tool results, the answer is `Tool results: <result>; <result>`. Quiz requests are recognised by
-`response_format.json_schema.name` (`quiz_plan`, `quiz_question`, `quiz_summary`).
+`response_format.json_schema.name` (`quiz_plan`, `quiz_question`, `quiz_summary`), or by the
+properties of llama.cpp's `{"type": "json_object", "schema": ...}`.
 
 With `--api-key-file F`, requests must carry `Authorization: Bearer <contents of F>` (else 401).
 `GET /_fake/requests?model=M` returns what the server saw and did for model M (for assertions).
@@ -193,6 +194,9 @@ class Handler(BaseHTTPRequestHandler):
         tools = req.get("tools") or []
         rf = req.get("response_format") or {}
         schema_name = (rf.get("json_schema") or {}).get("name")
+        if not schema_name and isinstance(rf.get("schema"), dict):  # llama.cpp's json_object + schema
+            props = rf["schema"].get("properties") or {}
+            schema_name = "quiz_plan" if "plan" in props else "quiz_question" if "choices" in props else "quiz_summary"
         if schema_name:
             return ("text", self.quiz(schema_name, rf, messages, d, req.get("model", "")))
         if d.get("loop") and tools and req.get("tool_choice") != "none":
@@ -220,7 +224,7 @@ class Handler(BaseHTTPRequestHandler):
     def quiz(self, name, rf, messages, d, model):
         text = " ".join(str(m.get("content")) for m in messages)
         if name == "quiz_plan":
-            schema = rf["json_schema"]["schema"]["properties"]["plan"]
+            schema = (rf.get("json_schema") or rf)["schema"]["properties"]["plan"]
             n = int(schema.get("maxItems", 3))
             body = {"plan": ["angle %d of the topic" % (i + 1) for i in range(n)]}
         elif name == "quiz_question":
