@@ -107,7 +107,9 @@ public struct ChatCompletionClient: Sendable {
             }
             let status = Int(response.status.code)
             if status == 200 { return try await stream(response, logger: logger, onEvent: onEvent) }
-            let detail = await errorMessage(response)
+            // The endpoint's own words, without the key (some quote part of a refused key).
+            var detail = await errorMessage(response)
+            if let key = configuration.apiKey { detail = detail.replacingOccurrences(of: key.secret, with: "***") }
             switch status {
             case 429, 500...599:
                 let code: LLMError.Code = status == 429 ? .rateLimited : .serverError
@@ -132,9 +134,9 @@ public struct ChatCompletionClient: Sendable {
                 try await onEvent(.retrying(status: status, delay: delay, attempt: attempt))
                 try await Task.sleep(for: delay)
             case 401, 403:
+                // Not the endpoint's message: providers quote part of the refused key in it.
                 throw LLMError(
-                    .missingAPIKey,
-                    "HTTP \(status): the endpoint refused the API key (--llm-api-key-file or STEPWISE_LLM_API_KEY): \(detail)")
+                    .missingAPIKey, "HTTP \(status): the endpoint refused the API key (--llm-api-key-file or STEPWISE_LLM_API_KEY)")
             default:
                 throw LLMError(.http, "HTTP \(status): \(detail)")
             }

@@ -308,6 +308,27 @@ struct LLMAgentTests {
         }
     }
 
+    @Test func aRefusedKeyIsAClearErrorThatQuotesNoKey() async throws {
+        let wrong = FileManager.default.temporaryDirectory.appendingPathComponent("stepwise-wrong-key-\(UUID().uuidString)").path
+        let wrongKey = "sk-wrong-" + UUID().uuidString
+        try wrongKey.write(toFile: wrong, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: wrong) }
+        // The later --llm-api-key-file wins: this worker sends a key the server refuses (401).
+        try await withHarness(workerFlags: ["--llm-api-key-file", wrong]) { h in
+            let id = try SessionID("refused")
+            let model = h.model()
+            _ = try await h.submit(id, input: "hi", options: ["model": .string(model)], maxAttempts: 1)
+            #expect(try await h.settle(id, in: ["failed"]) == "failed", "\(h.worker.output.suffix(1500))")
+            let dead = try await events(h.conn, h.keys, id).first { $0.type == "step.dead" }
+            let error = dead?.fields["error"] ?? ""
+            #expect(error.contains("HTTP 401: the endpoint refused the API key"), "\(error)")
+            let everything = try await events(h.conn, h.keys, id).map { $0.json.jsonString }.joined()
+            #expect(!everything.contains(wrongKey) && !everything.contains("sk-wrong"), "no part of the key in any event")
+            #expect(!h.worker.output.contains(wrongKey))
+            #expect(try await h.fake.requests(model: model).map { $0["authorized"] } == [false])
+        }
+    }
+
     // MARK: the quiz, written by a model
 
     @Test func aModelWritesTheQuizAndItsBadJSONIsRepaired() async throws {

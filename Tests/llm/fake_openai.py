@@ -167,8 +167,10 @@ class Handler(BaseHTTPRequestHandler):
             REQUESTS.setdefault(model, []).append(record)
         if not record["authorized"]:
             record["outcome"] = "401"
-            self.send_json(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
-                                           "code": "invalid_api_key"}})
+            # As the hosted API does, the message quotes part of the refused key.
+            sent = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            self.send_json(401, {"error": {"message": "Incorrect API key provided: %s****%s" % (sent[:8], sent[-4:]),
+                                           "type": "invalid_request_error", "code": "invalid_api_key"}})
             return
         d = directives(model)
         for code in ("429", "500"):
