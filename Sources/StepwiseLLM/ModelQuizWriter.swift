@@ -25,9 +25,9 @@ public struct ModelQuizWriter: QuizWriter {
             "required": ["plan"], "additionalProperties": false,
         ]
         let prompt = """
-            Plan a multiple-choice quiz about "\(topic)" with exactly \(count) questions. For each question give one \
-            short angle of the topic (a few words). Reply with only JSON shaped like {"plan": ["first angle", ...]} \
-            holding exactly \(count) strings.
+            We are writing a multiple-choice quiz about \(topic) with \(count) questions. List \(count) different \
+            subtopics of \(topic), one per question, each a few words long. Reply with only a JSON object whose key \
+            "plan" holds the \(count) subtopics as strings.
             """
         return try await ask(name: "quiz_plan", schema: schema, prompt: prompt, context: context) { json in
             guard let items = json["plan"]?.arrayValue else { return .failure("\"plan\" must be a list of strings") }
@@ -51,9 +51,10 @@ public struct ModelQuizWriter: QuizWriter {
             "required": ["q", "choices", "answer"], "additionalProperties": false,
         ]
         let prompt = """
-            Write question \(index + 1) of \(count) of a multiple-choice quiz about "\(topic)", on this angle: \(angle). \
-            Give 4 different short choices, exactly one of them right, and the index (0-3) of the right one. Reply with \
-            only JSON shaped like {"q": "the question?", "choices": ["a", "b", "c", "d"], "answer": 0}.
+            Write question \(index + 1) of \(count) of a multiple-choice quiz about \(topic), on this subtopic: \(angle). \
+            Reply with only a JSON object with the keys "q" (the question about \(angle), ending in a question mark), \
+            "choices" (4 different possible answers, exactly one of them right) and "answer" (the position, 0 to 3, of \
+            the right answer in choices).
             """
         return try await ask(name: "quiz_question", schema: schema, prompt: prompt, context: context) { json in
             var fixed = json
@@ -76,9 +77,9 @@ public struct ModelQuizWriter: QuizWriter {
         ]
         let list = questions.enumerated().map { "\($0.offset + 1). \($0.element.q)" }.joined(separator: "\n")
         let prompt = """
-            Summarise in one sentence this \(questions.count)-question quiz about "\(topic)":
+            Here are the questions of a quiz about \(topic):
             \(list)
-            Reply with only JSON shaped like {"summary": "one sentence"}.
+            Describe the quiz in one sentence. Reply with only a JSON object whose key "summary" holds that sentence.
             """
         return try await ask(name: "quiz_summary", schema: schema, prompt: prompt, context: context) { json in
             guard let s = json["summary"]?.stringValue?.trimmingCharacters(in: .whitespacesAndNewlines), !s.isEmpty, s.count <= 1000 else {
