@@ -8,7 +8,8 @@ import StepwiseCore
 /// - Input of a step: one user message, as a JSON string or `{"message": "..."}`.
 /// - A step streams the answer (`step.progress` events `tokens`, coalesced), runs the tools the
 ///   model calls (events `tool call <name>` and `tool result <name>`) and feeds their results back,
-///   up to `max_tool_rounds` rounds, then commits the conversation and waits for the next message.
+///   up to `max_tool_rounds` rounds, then commits the conversation and waits for the next message;
+///   the `step.completed` event carries `{"answer": ...}` (``StepResult/reply``).
 /// - Settings: ``LLMOptions``. Errors of the endpoint are retried (``ChatCompletionClient``);
 ///   what is left throws, and the worker retries the step.
 public struct LLMAgent: Agent {
@@ -46,7 +47,8 @@ public struct LLMAgent: Agent {
         next["answer"] = .string(result.answer)
         next["turns"] = .int((state["turns"]?.intValue ?? 0) + 1)
         next["usage"] = Conversation.add(state["usage"], result.usage)
-        return StepResult(state: .object(next), outcome: .waitForInput)
+        // The answer is in the state and in the step.completed event.
+        return StepResult(state: .object(next), outcome: .waitForInput, reply: ["answer": .string(result.answer)])
     }
 }
 

@@ -98,6 +98,8 @@ struct LLMAgentTests {
             #expect(tokenEvents.allSatisfy { (data($0)["tokens"]?.intValue ?? 0) <= 32 }, "at most 32 tokens per event")
             let (_, state) = try await session(h.conn, h.keys, id)
             #expect(state["answer"]?.stringValue == expected)
+            let completed = all.first { $0.type == "step.completed" }
+            #expect(data(try #require(completed))["answer"]?.stringValue == expected, "the answer is in step.completed too")
             let messages = state["messages"]?.arrayValue ?? []
             #expect(messages.count == 2)
             #expect(messages.first?["role"] == "user" && messages.first?["content"] == "count for me")
