@@ -111,6 +111,9 @@ struct WorkerCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = connection.makeLogger(label: "stepwise.worker", defaultLevel: .info)
+        // The llm agent's endpoint and key (read from the key file or the environment) first: a bad
+        // one is a usage error before anything connects.
+        let llmConfiguration = try llm.configuration()
         let ttl = try seconds(heartbeatTTL, flag: "--heartbeat-ttl", min: 1)
         let config = Worker.Configuration(
             workerID: workerID ?? Worker.defaultID(), concurrency: concurrency,
@@ -122,7 +125,6 @@ struct WorkerCommand: AsyncParsableCommand {
             retryDelay: try seconds(retryDelay, flag: "--retry-delay", min: 0.01),
             maxRetryDelay: try seconds(maxRetryDelay, flag: "--max-retry-delay", min: retryDelay),
             maxActiveSessions: maxActiveSessions, maxStateBytes: maxStateBytes, strict: strict)
-        let llmConfiguration = try llm.configuration()
         // Fail fast, with one clear line, when Redis is unreachable or refuses these credentials.
         try await probeRedis(logger: logger)
         let payloads = payloadLogging
