@@ -18,7 +18,9 @@ if [ $# -gt 0 ]; then
   swift test --skip-build "$@"
 else
   # The real-browser and schemathesis runs load both cores (chromium, a Python fuzzer): they run
-  # after the other suites, not beside their timing-sensitive tests.
-  swift test --skip-build --skip GatewayToolTests
+  # after the other suites, not beside their timing-sensitive tests. So do the llm agent's
+  # worker-and-test-server cases, which measure cancel latency and Retry-After waits.
+  swift test --skip-build --skip GatewayToolTests --skip LLMAgentTests
+  swift test --skip-build --filter LLMAgentTests
   swift test --skip-build --filter GatewayToolTests
 fi
