@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
-.PHONY: deps build release run test bench loadtest lint model-check model-check-old redis-up redis-down clean
+.PHONY: deps build release run test bench loadtest lint model-check model-check-old redis-up redis-down clean llm-demo
 
 deps:
 	@scripts/ensure-deps.sh
@@ -18,6 +18,10 @@ run: release
 
 test: deps model-check
 	scripts/test.sh
+
+# A real model, offline (not part of `make test`): docs/LLM.md.
+llm-demo: build
+	scripts/llm-demo.sh
 
 bench: release
 	scripts/bench.sh

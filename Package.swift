@@ -20,6 +20,7 @@ let package = Package(
         .library(name: "StepwiseAgents", targets: ["StepwiseAgents"]),
         .library(name: "StepwiseRedis", targets: ["StepwiseRedis"]),
         .library(name: "StepwiseGateway", targets: ["StepwiseGateway"]),
+        .library(name: "StepwiseLLM", targets: ["StepwiseLLM"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -31,6 +32,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        // Already resolved through Hummingbird and async-http-client; named for NIOCore/NIOHTTP1 types.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         .systemLibrary(
@@ -95,6 +99,19 @@ let package = Package(
             dependencies: ["StepwiseCore"],
             swiftSettings: swiftSettings
         ),
+        // The `llm` agent and the model-written quiz: async-http-client stays out of the core.
+        .target(
+            name: "StepwiseLLM",
+            dependencies: [
+                "StepwiseCore",
+                "StepwiseAgents",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "StepwiseTesting",
             dependencies: [
@@ -113,6 +130,7 @@ let package = Package(
                 "StepwiseGateway",
                 "StepwiseMetrics",
                 .product(name: "Metrics", package: "swift-metrics"),
+                "StepwiseLLM",
                 // RedisServerProcess: `loadtest --start-redis` runs (and, for chaos, restarts) its own redis-server.
                 "StepwiseTesting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -144,6 +162,11 @@ let package = Package(
         .testTarget(
             name: "StepwiseIntegrationTests",
             dependencies: ["StepwiseCore", "StepwiseAgents", "StepwiseRedis", "StepwiseTesting"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "StepwiseLLMTests",
+            dependencies: ["StepwiseCore", "StepwiseAgents", "StepwiseRedis", "StepwiseTesting", "StepwiseLLM"],
             swiftSettings: swiftSettings
         ),
     ]

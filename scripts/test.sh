@@ -20,8 +20,11 @@ else
   # The real-browser and schemathesis runs load both cores (chromium, a Python fuzzer), and so do
   # the operations checks (a prometheus server, Python schema validators, promtool): they run
   # after the other suites, not beside their timing-sensitive tests, and apart from each other.
+  # So do the llm agent's worker-and-test-server cases, which measure cancel latency and
+  # Retry-After waits.
   ops='DeployFilesTests|MetricsScrapeTests|GatewayMetricsTests|TopCommandTests'
-  swift test --skip-build --skip GatewayToolTests --skip "$ops"
+  swift test --skip-build --skip GatewayToolTests --skip "$ops" --skip LLMAgentTests
   swift test --skip-build --filter "$ops"
+  swift test --skip-build --filter LLMAgentTests
   swift test --skip-build --filter GatewayToolTests
 fi

@@ -98,14 +98,36 @@ public struct SleepAgent: Agent {
 /// Writes a quiz: plans, writes one question per step (with progress events), then summarises.
 ///
 /// Input of the first step: `{"topic": "...", "questions": N}` (or just a topic string); N is
-/// 1-20, default 3. Deterministic and offline: the "LLM" is a template. The option `ms` adds a
-/// simulated model latency to each step.
+/// 1-20, default 3. By default deterministic and offline: the "LLM" is a template
+/// (``TemplateQuizWriter``). The option `ms` adds a simulated model latency to each step. With the
+/// option `llm` set to `true`, a model writes it (``modelWriter``, given by the worker; see
+/// StepwiseLLM's `ModelQuizWriter`); the result has the same shape either way:
+/// `{"topic", "plan": [...], "questions": [{"q", "choices": [4 strings], "answer": 0-3}], "summary"}`.
 public struct QuizAgent: Agent {
     public let name = "quiz"
-    public init() {}
+    /// The writer of `llm=true` sessions, or `nil` when this worker has no model.
+    public let modelWriter: (any QuizWriter)?
+
+    /// Creates the agent; `modelWriter` serves sessions with the option `llm=true`.
+    public init(modelWriter: (any QuizWriter)? = nil) { self.modelWriter = modelWriter }
 
     public func step(state: JSONValue, input: JSONValue, context: StepContext) async throws -> StepResult {
-        if let ms = context.options["ms"]?.intValue, ms > 0 { try await Task.sleep(for: .milliseconds(min(ms, 60_000))) }
+        let writer: any QuizWriter
+        switch context.options["llm"] {
+        case nil, .bool(false)?, .string("false")?:
+            writer = TemplateQuizWriter()
+            if let ms = context.options["ms"]?.intValue, ms > 0 { try await Task.sleep(for: .milliseconds(min(ms, 60_000))) }
+        case .bool(true)?, .string("true")?:
+            guard let modelWriter else {
+                return StepResult(
+                    state: state,
+                    outcome: .fail(
+                        "this worker has no model for llm=true quizzes: start it with --llm-base-url (see README, The llm agent)"))
+            }
+            writer = modelWriter
+        default:
+            return StepResult(state: state, outcome: .fail("option llm must be true or false"))
+        }
         let phase = input["phase"]?.stringValue ?? "plan"
         switch phase {
         case "plan":
@@ -117,8 +139,13 @@ public struct QuizAgent: Agent {
             guard (1...20).contains(n) else {
                 return StepResult(state: state, outcome: .fail("questions must be 1-20, got \(n)"))
             }
-            let angles = ["basics", "history", "tools", "pitfalls", "practice", "trivia", "future"]
-            let plan = (0..<n).map { JSONValue.string("\(topic): \(angles[$0 % angles.count])") }
+            let written: [String]
+            do {
+                written = try await writer.plan(topic: topic, count: n, context: context)
+            } catch let error as QuizWriterRefusal {
+                return StepResult(state: state, outcome: .fail(error.message))
+            }
+            let plan = written.map { JSONValue.string($0) }
             try await context.progress("planned \(n) questions", data: ["plan": .array(plan)])
             return StepResult(
                 state: ["topic": .string(topic), "plan": .array(plan), "questions": []],
@@ -127,29 +154,37 @@ public struct QuizAgent: Agent {
             let index = input["index"]?.intValue ?? 0
             let plan = state["plan"]?.arrayValue ?? []
             var questions = state["questions"]?.arrayValue ?? []
-            guard index < plan.count, let angle = plan[index].stringValue else {
+            guard index >= 0, index < plan.count, let angle = plan[index].stringValue else {
                 return StepResult(state: state, outcome: .fail("question index \(index) is outside the plan"))
             }
             try await context.progress("writing question \(index + 1) of \(plan.count)", data: ["index": .int(index)])
-            let choices: [JSONValue] = (1...4).map { .string("option \($0) about \(angle)") }
-            let question: JSONValue = [
-                "q": .string("Question \(index + 1): what matters most in \(angle)?"),
-                "choices": .array(choices), "answer": .int((index * 7 + 1) % 4),
-            ]
-            questions.append(question)
+            let question: QuizQuestion
+            do {
+                question = try await writer.question(
+                    topic: state["topic"]?.stringValue ?? "", angle: angle, index: index, count: plan.count, context: context)
+            } catch let error as QuizWriterRefusal {
+                return StepResult(state: state, outcome: .fail(error.message))
+            }
+            questions.append(question.json)
             var next = state.objectValue ?? [:]
             next["questions"] = .array(questions)
             let outcome: StepOutcome =
                 index + 1 < plan.count ? .next(["phase": "question", "index": .int(index + 1)]) : .next(["phase": "summary"])
             return StepResult(state: .object(next), outcome: outcome)
         case "summary":
-            let count = state["questions"]?.arrayValue?.count ?? 0
+            let questions = (state["questions"]?.arrayValue ?? []).compactMap(QuizQuestion.init(stored:))
             let topic = state["topic"]?.stringValue ?? ""
             try await context.progress("summarising", data: .null)
+            let text: String
+            do {
+                text = try await writer.summary(topic: topic, questions: questions, context: context)
+            } catch let error as QuizWriterRefusal {
+                return StepResult(state: state, outcome: .fail(error.message))
+            }
             var next = state.objectValue ?? [:]
-            let summary = JSONValue.string("A \(count)-question quiz on \(topic).")
+            let summary = JSONValue.string(text)
             next["summary"] = summary
-            return StepResult(state: .object(next), outcome: .done(["summary": summary, "questions": .int(count)]))
+            return StepResult(state: .object(next), outcome: .done(["summary": summary, "questions": .int(questions.count)]))
         default:
             return StepResult(state: state, outcome: .fail("unknown quiz phase '\(phase)'"))
         }

@@ -42,10 +42,15 @@ public struct StepResult: Sendable, Hashable {
     public var state: JSONValue
     /// What happens next.
     public var outcome: StepOutcome
+    /// With ``StepOutcome/waitForInput``: what the step answered (a chat's reply), carried as the
+    /// `data` of its `step.completed` event; `nil` leaves it empty. Ignored for other outcomes,
+    /// which carry their own payload.
+    public var reply: JSONValue?
 
-    public init(state: JSONValue, outcome: StepOutcome) {
+    public init(state: JSONValue, outcome: StepOutcome, reply: JSONValue? = nil) {
         self.state = state
         self.outcome = outcome
+        self.reply = reply
     }
 }
 

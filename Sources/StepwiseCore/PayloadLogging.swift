@@ -93,7 +93,7 @@ struct PayloadLoggingAgent: Agent {
             let outcome: String
             switch result.outcome {
             case .next(let v): outcome = "next " + logging.masked(v).jsonString
-            case .waitForInput: outcome = "wait"
+            case .waitForInput: outcome = "wait" + (result.reply.map { " " + logging.masked($0).jsonString } ?? "")
             case .done(let v): outcome = "done " + logging.masked(v).jsonString
             case .fail(let reason): outcome = "fail " + reason
             }

@@ -313,7 +313,7 @@ extension Worker {
         var outcome: Outcome
         switch result.outcome {
         case .next(let input): outcome = Outcome(kind: .continue, state: state, payload: input.jsonString)
-        case .waitForInput: outcome = Outcome(kind: .wait, state: state, payload: "")
+        case .waitForInput: outcome = Outcome(kind: .wait, state: state, payload: result.reply?.jsonString ?? "")
         case .done(let value): outcome = Outcome(kind: .done, state: state, payload: value.jsonString)
         case .fail(let reason): outcome = Outcome(kind: .fail, state: state, payload: JSONValue.string(reason).jsonString)
         }

@@ -90,7 +90,7 @@ struct GatewayCommand: AsyncParsableCommand {
         let command = try await connection.connect(name: "stepwise:gateway@\(port)", logger: logger, coalesceCalls: true)
         let names =
             agents.map { Set($0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }) }
-            ?? Set(AgentRegistry.builtIn.names)
+            ?? Set(AgentRegistry.known().names)
         let hub = SubscriptionHub(
             configuration: .init(readers: hubReaders, bufferLimit: subscriberBuffer, keepAlive: .seconds(keepAliveSeconds)),
             control: command, logger: logger

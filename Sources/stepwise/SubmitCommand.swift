@@ -68,8 +68,8 @@ struct SubmitCommand: AsyncParsableCommand {
 
     func validate() throws {
         if let session { _ = try parseSessionID(session, flag: "--session") }
-        if let agent, AgentRegistry.builtIn[agent] == nil {
-            throw ValidationError("--agent '\(agent)' is unknown: use one of \(AgentRegistry.builtIn.names.joined(separator: ", "))")
+        if let agent, AgentRegistry.known()[agent] == nil {
+            throw ValidationError("--agent '\(agent)' is unknown: use one of \(AgentRegistry.known().names.joined(separator: ", "))")
         }
         guard maxInputBytes > 0 else { throw ValidationError("--max-input-bytes must be positive") }
         if let ttl { _ = try ttlDuration(ttl) }
@@ -143,7 +143,7 @@ struct SubmitCommand: AsyncParsableCommand {
         let logger = connection.makeLogger()
         let conn = try await connection.connect(name: "stepwise:submit", logger: logger)
         let dispatcher = Dispatcher(
-            connection: conn, keys: connection.keys, agents: .builtIn, configuration: .init(maxInputBytes: maxInputBytes))
+            connection: conn, keys: connection.keys, agents: .known(), configuration: .init(maxInputBytes: maxInputBytes))
         let sessionID =
             try session.map { try parseSessionID($0, flag: "--session") }
             ?? SessionID(String(UUID().uuidString.prefix(13)).lowercased())
@@ -216,6 +216,10 @@ func describe(_ e: StepEvent) -> String {
     if e.attempt > 1 { line += " (attempt \(e.attempt))" }
     if let m = e.fields["message"] { line += "  \(m)" }
     if let o = e.fields["outcome"] { line += "  outcome=\(o)" }
+    // Streamed model text (the llm agent's `tokens` events) is shown as it arrives.
+    if e.type == "step.progress", let d = e.fields["data"], let text = (try? JSONValue(parsing: d))?["text"]?.stringValue {
+        line += "  \(JSONValue.string(text.count > 200 ? String(text.prefix(200)) + "…" : text).jsonString)"
+    }
     if let d = e.fields["data"], !d.isEmpty, d != "null", e.type != "step.progress" {
         line += "  \(d.count > 200 ? String(d.prefix(200)) + "…" : d)"
     }

@@ -20,6 +20,8 @@ struct WorkerCommand: AsyncParsableCommand {
 
     @OptionGroup var connection: ConnectionOptions
 
+    @OptionGroup(title: "The llm agent and llm=true quizzes") var llm: LLMWorkerOptions
+
     @Option(help: "Steps run at once in this process (1-1000).")
     var concurrency: Int = 8
 
@@ -126,6 +128,9 @@ struct WorkerCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = connection.makeLogger(label: "stepwise.worker", defaultLevel: .info)
+        // The llm agent's endpoint and key (read from the key file or the environment) first: a bad
+        // one is a usage error before anything connects.
+        let llmConfiguration = try llm.configuration()
         let ttl = try seconds(heartbeatTTL, flag: "--heartbeat-ttl", min: 1)
         let config = Worker.Configuration(
             workerID: workerID ?? Worker.defaultID(), concurrency: concurrency,
@@ -146,7 +151,7 @@ struct WorkerCommand: AsyncParsableCommand {
                 "--log-payloads is on: step inputs, states, results and errors go to the logs",
                 metadata: ["stepwise.masked_fields": .string(payloads.maskedFields.joined(separator: ","))])
         }
-        let agents = AgentRegistry.builtIn.loggingPayloads(payloads)
+        let agents = AgentRegistry.known(llm: llmConfiguration).loggingPayloads(payloads)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var metrics: WorkerMetrics?
         var export: PrometheusExport?
