@@ -8,7 +8,7 @@ let swiftSettings: [SwiftSetting] = [
 
 let luaScripts = [
     "prelude", "submit", "claim", "commit", "release", "reap", "heartbeat", "progress", "promote", "cancel", "touch",
-    "dead_letter", "sweep",
+    "dead_letter", "sweep", "forget", "rewrap",
 ]
 
 let package = Package(
@@ -20,6 +20,7 @@ let package = Package(
         .library(name: "StepwiseAgents", targets: ["StepwiseAgents"]),
         .library(name: "StepwiseRedis", targets: ["StepwiseRedis"]),
         .library(name: "StepwiseGateway", targets: ["StepwiseGateway"]),
+        .library(name: "StepwiseEncryption", targets: ["StepwiseEncryption"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -71,6 +72,15 @@ let package = Package(
             resources: [.embedInCode("Web/index.html"), .embedInCode("Web/openapi.json")],
             swiftSettings: swiftSettings
         ),
+        // Encryption at rest: the keyring and AES-256-GCM sealing of session data (swift-crypto stays out of the core).
+        .target(
+            name: "StepwiseEncryption",
+            dependencies: [
+                "StepwiseCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // A crash signal handler that tells Redis this worker crashed (async-signal-safe C).
         .target(name: "CStepwiseCrash"),
         .target(
@@ -94,6 +104,7 @@ let package = Package(
                 "StepwiseAgents",
                 "StepwiseRedis",
                 "StepwiseGateway",
+                "StepwiseEncryption",
                 // RedisServerProcess: `loadtest --start-redis` runs (and, for chaos, restarts) its own redis-server.
                 "StepwiseTesting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -117,14 +128,14 @@ let package = Package(
         .testTarget(
             name: "StepwiseGatewayTests",
             dependencies: [
-                "StepwiseCore", "StepwiseAgents", "StepwiseRedis", "StepwiseTesting", "StepwiseGateway",
+                "StepwiseCore", "StepwiseAgents", "StepwiseRedis", "StepwiseTesting", "StepwiseGateway", "StepwiseEncryption",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
             ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "StepwiseIntegrationTests",
-            dependencies: ["StepwiseCore", "StepwiseAgents", "StepwiseRedis", "StepwiseTesting"],
+            dependencies: ["StepwiseCore", "StepwiseAgents", "StepwiseRedis", "StepwiseTesting", "StepwiseEncryption"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -128,6 +128,9 @@ public final class Worker: Service, Sendable {
     let steps: RedisConnection
     /// The typed calls of the protocol's scripts.
     let scripts: ScriptCalls
+    /// The keyring that opens encrypted sessions' data keys; `nil`: this worker runs plain
+    /// sessions only (an encrypted session's step is dead-lettered as `key unavailable`).
+    public let sealer: (any SessionSealer)?
 
     struct RunState: Sendable {
         var stopping = false
@@ -162,8 +165,9 @@ public final class Worker: Service, Sendable {
     /// Creates a worker; nothing connects until ``run()``.
     public init(
         configuration: Configuration, redis: RedisConnection.Configuration, keys: KeySpace, agents: AgentRegistry,
-        logger: Logger
+        logger: Logger, sealer: (any SessionSealer)? = nil
     ) {
+        self.sealer = sealer
         self.configuration = configuration
         self.redis = redis
         self.keys = keys
@@ -268,6 +272,8 @@ enum Claim: Sendable {
         var failures: Int
         /// The step was in flight with others when its worker crashed: it runs alone next.
         var quarantined: Bool
+        /// The session's wrapped data key; empty for a session stored in plain text.
+        var wrappedKey: String = ""
     }
     case run(Job)
     case skip(String)
@@ -294,7 +300,8 @@ enum Claim: Sendable {
             Job(
                 jobID: s[1], sessionID: s[2], agent: s[3], options: s[4], state: s[5], version: Int(s[6]) ?? 0,
                 step: Int(s[7]) ?? 0, attempt: Int(s[8]) ?? 0, input: s[9], holder: s[10], submittedAt: Int64(s[11]),
-                maxAttempts: Int(s[12]), failures: Int(s[13]) ?? 0, quarantined: !s[14].isEmpty))
+                maxAttempts: Int(s[12]), failures: Int(s[13]) ?? 0, quarantined: !s[14].isEmpty,
+                wrappedKey: s.count > 15 ? s[15] : ""))
     }
 }
 

@@ -4,6 +4,7 @@ import Logging
 import ServiceLifecycle
 import StepwiseAgents
 import StepwiseCore
+import StepwiseEncryption
 import StepwiseRedis
 import UnixSignals
 
@@ -128,9 +129,13 @@ struct WorkerCommand: AsyncParsableCommand {
                 "--log-payloads is on: step inputs, states, results and errors go to the logs",
                 metadata: ["stepwise.masked_fields": .string(payloads.maskedFields.joined(separator: ","))])
         }
+        let sealer = connection.makeSealer()
+        if let sealer {
+            logger.info("encryption at rest on", metadata: ["stepwise.active_key": .string(sealer.activeKeyID)])
+        }
         let worker = Worker(
             configuration: config, redis: connection.redisConfiguration(name: "stepwise"), keys: connection.keys,
-            agents: AgentRegistry.builtIn.loggingPayloads(payloads), logger: logger)
+            agents: AgentRegistry.builtIn.loggingPayloads(payloads), logger: logger, sealer: sealer)
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: worker)], gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [],

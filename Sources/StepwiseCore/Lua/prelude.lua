@@ -155,7 +155,8 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid, moved)
   end
   local k = session_keys(P, sid)
   local j = redis.call('HMGET', k.jobs, job_fields(seq))
-  local s = redis.call('HMGET', k.session, 'agent', 'options', 'state', 'version', 'steps', 'cancelled', 'blocked', 'exp', 'holder')
+  local s = redis.call('HMGET', k.session, 'agent', 'options', 'state', 'version', 'steps', 'cancelled', 'blocked', 'exp', 'holder',
+    'dk')
   local head = redis.call('LINDEX', k.inbox, 0)
   if not moved and redis.call('EXISTS', P .. 'worker:' .. worker) == 0 then
     if j[1] and s[1] and head == jid and s[9] == '' and not s[7] then
@@ -209,5 +210,5 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid, moved)
   event(k, maxlen, 'type', 'step.started', 'job', jid, 'step', step, 'attempt', attempt, 'time', now)
   seal(s[8], {k.events})
   return {'run', jid, sid, s[1], s[2], s[3], s[4], tostring(step), tostring(attempt), j[1], holder, j[4] or '', j[5] or '',
-    j[3] or '0', j[6] or ''}
+    j[3] or '0', j[6] or '', s[10] or ''}
 end
