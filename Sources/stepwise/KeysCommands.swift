@@ -158,6 +158,12 @@ struct ForgetCommand: AsyncParsableCommand {
     @Flag(help: "Print one JSON object.")
     var json = false
 
+    @Flag(
+        help: ArgumentHelp(
+            "Then start an append-only file rewrite (BGREWRITEAOF), so the AOF no longer holds the session's wrapped data key either (needs the admin user of deploy/users.acl)."
+        ))
+    var rewriteAof = false
+
     func validate() throws { _ = try parseSessionID(session, flag: "SESSION") }
 
     func run() async throws {
@@ -166,6 +172,11 @@ struct ForgetCommand: AsyncParsableCommand {
         let id = try parseSessionID(session, flag: "SESSION")
         let receipt = try await reportingFailures {
             try await Dispatcher(connection: conn, keys: connection.keys, agents: .init()).forget(id, asOperator: true)
+        }
+        if receipt != nil && rewriteAof {
+            // `BGREWRITEAOF`: the rewritten file holds only what the dataset holds now; Redis
+            // deletes the old files once it is done. See https://redis.io/docs/latest/commands/bgrewriteaof/.
+            try await reportingFailures { try await conn.send(["BGREWRITEAOF"]).throwingServerError() }
         }
         if json {
             try output(
