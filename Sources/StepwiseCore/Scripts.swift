@@ -28,7 +28,9 @@ enum Scripts {
     static let rewrap = load("rewrap", PackageResources.rewrap_lua)
 
     /// Every script, for tests and `SCRIPT LOAD` checks.
-    static let all: [RedisScript] = [submit, claim, commit, release, reap, heartbeat, progress, promote, cancel, touch, deadLetter, sweep, forget, rewrap]
+    static let all: [RedisScript] = [
+        submit, claim, commit, release, reap, heartbeat, progress, promote, cancel, touch, deadLetter, sweep, forget, rewrap,
+    ]
 
     /// The script's shebang line (Redis 7 flags: without `allow-oom`, a script is refused as a
     /// whole while Redis is out of memory), then the prelude, then the script's body.

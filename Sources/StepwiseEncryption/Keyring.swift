@@ -41,7 +41,9 @@ public struct Keyring: Sendable {
         guard let active = root["active"]?.stringValue else { throw bad("no \"active\" key id") }
         var keys: [String: SymmetricKey] = [:]
         for (id, value) in entries {
-            guard Self.isValidKeyID(id) else { throw bad("key id '\(id.prefix(64))' is invalid: use 1-64 characters from A-Z a-z 0-9 _ - .") }
+            guard Self.isValidKeyID(id) else {
+                throw bad("key id '\(id.prefix(64))' is invalid: use 1-64 characters from A-Z a-z 0-9 _ - .")
+            }
             guard let b64 = value.stringValue, let data = Data(base64Encoded: b64) else {
                 throw bad("key '\(id)' is not base64 text")
             }
@@ -112,6 +114,7 @@ public struct Keyring: Sendable {
         let entries = keyIDs.map { id in
             "    \(JSONValue.string(id).jsonString): \(JSONValue.string(keys[id]!.withUnsafeBytes { Data($0) }.base64EncodedString()).jsonString)"
         }
-        return "{\n  \"active\": \(JSONValue.string(activeKeyID).jsonString),\n  \"keys\": {\n" + entries.joined(separator: ",\n") + "\n  }\n}\n"
+        return "{\n  \"active\": \(JSONValue.string(activeKeyID).jsonString),\n  \"keys\": {\n" + entries.joined(separator: ",\n")
+            + "\n  }\n}\n"
     }
 }

@@ -288,7 +288,9 @@ public struct Gateway: Sendable {
         let id = try Self.sessionID(parameters)
         let claims = try await authenticate(request)
         guard let receipt = try await dispatcher.forget(id, owner: claims.owner) else { throw GatewayError.notFound }
-        _ = try? await sessions.connection.send(["ZREM", RedisArgument(sessions.keys.ownerSessions(claims.owner)), RedisArgument(id.rawValue)])
+        _ = try? await sessions.connection.send([
+            "ZREM", RedisArgument(sessions.keys.ownerSessions(claims.owner)), RedisArgument(id.rawValue),
+        ])
         return Self.json(.ok, ["forgotten": true, "encrypted": .bool(receipt.encrypted)])
     }
 

@@ -74,7 +74,9 @@ struct ConnectionOptions: ParsableArguments {
                 throw ValidationError("\(flag) does not exist (`stepwise keys generate --id <id> --file <path>` makes one)")
             }
             guard !isDirectory.boolValue else { throw ValidationError("\(flag) is a directory, not a file") }
-            guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("\(flag) is not readable by this user") }
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw ValidationError("\(flag) is not readable by this user")
+            }
             guard let text = String(data: data, encoding: .utf8) else { throw ValidationError("\(flag) is not UTF-8 text") }
             do { return try Keyring(parsing: text, source: flag) } catch { throw ValidationError(error.message) }
         }

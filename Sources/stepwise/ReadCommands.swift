@@ -78,7 +78,9 @@ struct StatusCommand: AsyncParsableCommand {
         let logger = connection.makeLogger()
         let conn = try await connection.connect(name: "stepwise:status", logger: logger)
         let id = try parseSessionID(session, flag: "SESSION")
-        let snapshot = try await reportingFailures { try await SessionStore(connection: conn, keys: connection.keys, sealer: connection.makeSealer()).session(id) }
+        let snapshot = try await reportingFailures {
+            try await SessionStore(connection: conn, keys: connection.keys, sealer: connection.makeSealer()).session(id)
+        }
         guard let s = snapshot else {
             printError("session \(id) does not exist (or expired): check the id and --namespace")
             throw ExitCode.failure
@@ -154,7 +156,9 @@ struct QueueCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = connection.makeLogger()
         let conn = try await connection.connect(name: "stepwise:queue", logger: logger)
-        let info = try await reportingFailures { try await SessionStore(connection: conn, keys: connection.keys, sealer: connection.makeSealer()).queueInfo() }
+        let info = try await reportingFailures {
+            try await SessionStore(connection: conn, keys: connection.keys, sealer: connection.makeSealer()).queueInfo()
+        }
         if json {
             let workers: [JSONValue] = info.workers.map {
                 [

@@ -193,7 +193,9 @@ struct DeadLetterTarget: ParsableArguments {
     func act(_ action: (DeadLetterQueue, String) async throws -> Void) async throws {
         let logger = connection.makeLogger()
         let conn = try await connection.connect(name: "stepwise:dead", logger: logger)
-        try await reportingFailures { try await action(DeadLetterQueue(connection: conn, keys: connection.keys, sealer: connection.makeSealer()), job) }
+        try await reportingFailures {
+            try await action(DeadLetterQueue(connection: conn, keys: connection.keys, sealer: connection.makeSealer()), job)
+        }
     }
 }
 

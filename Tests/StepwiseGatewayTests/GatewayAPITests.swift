@@ -27,7 +27,8 @@ struct GatewayAPITests {
         let gw = try await GatewayHarness(
             workers: 1, gatewayArguments: ["--keyring-file", keyring], workerArguments: ["--keyring-file", keyring])
         defer { gw.stop() }
-        let alice = try gw.token("alice"), bob = try gw.token("bob")
+        let alice = try gw.token("alice")
+        let bob = try gw.token("bob")
         let marker = "SECRET-topic-" + UUID().uuidString.prefix(8)
         let created = try await gw.request(
             "POST", "/v1/sessions", token: alice, body: #"{"agent":"quiz","input":{"topic":"\#(marker)","questions":1}}"#)

@@ -1,10 +1,11 @@
 import Foundation
 import StepwiseAgents
-@testable import StepwiseCore
 import StepwiseEncryption
 import StepwiseRedis
 import StepwiseTesting
 import Testing
+
+@testable import StepwiseCore
 
 /// Issue 12, points 1-3: encryption at rest with per-session data keys, rotation, and
 /// crypto-shredding (including what a backup taken before a forget can still open).
@@ -64,20 +65,27 @@ struct EncryptionTests {
 
     /// Runs sessions that put markers in every kind of payload (input, options, state, result,
     /// progress message and data, a thrown error, a dead letter), then reads every key.
-    static func runMarkedSessions(keys: KeySpace, sealer: KeyringSealer?) async throws -> (markers: [String], read: String, raw: String, dump: String) {
+    static func runMarkedSessions(keys: KeySpace, sealer: KeyringSealer?) async throws -> (
+        markers: [String], read: String, raw: String, dump: String
+    ) {
         let conn = try TestRedis.connection()
         let m = ["topic", "option", "echo", "error"].map(marker)
         let dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn, sealer: sealer)
-        let quiz = try SessionID("quiz"), echo = try SessionID("echo"), fault = try SessionID("fault")
+        let quiz = try SessionID("quiz")
+        let echo = try SessionID("echo")
+        let fault = try SessionID("fault")
         try await withRunningWorker(keys: keys, agents: .builtIn, configuration: fast, sealer: sealer) {
             _ = try await dispatcher.submit([
-                Submission(session: quiz, agent: "quiz", input: ["topic": .string(m[0]), "questions": 2], options: ["note": .string(m[1])]),
+                Submission(
+                    session: quiz, agent: "quiz", input: ["topic": .string(m[0]), "questions": 2], options: ["note": .string(m[1])]),
                 Submission(session: echo, agent: "echo", input: ["say": .string(m[2])]),
                 Submission(session: fault, agent: "fault", input: ["fault": "throw", "message": .string(m[3])], maxAttempts: 2),
             ]).receipts()
             let store = SessionStore(connection: conn, keys: keys, sealer: sealer)
             let settled = try await eventually(timeout: .seconds(30)) {
-                let q = try await store.session(quiz), e = try await store.session(echo), f = try await store.session(fault)
+                let q = try await store.session(quiz)
+                let e = try await store.session(echo)
+                let f = try await store.session(fault)
                 return q?.status == .done && e?.status == .done && f?.status == .failed
             }
             #expect(settled, "the three sessions settle")
@@ -123,7 +131,8 @@ struct EncryptionTests {
 
     @Test func aCiphertextMovedToAnotherSessionOrFieldDoesNotOpen() async throws {
         let sealer = try Self.sealer(["k1"], active: "k1")
-        let a = try SessionID("a"), b = try SessionID("b")
+        let a = try SessionID("a")
+        let b = try SessionID("b")
         let ca = try sealer.makeKey(for: a)
         let sealed = try ca.seal("{\"secret\":1}", as: .state)
         #expect(try ca.open(sealed, as: .state) == "{\"secret\":1}")
@@ -132,7 +141,9 @@ struct EncryptionTests {
         let cb = try sealer.makeKey(for: b)
         #expect(throws: StepwiseError.self) { try cb.open(sealed, as: .state) }
         // A's wrapped key copied to B does not unwrap (it is bound to its session), even with the same key.
-        let wrongSession = #expect(throws: StepwiseError.self) { try KeyringSealer(keyring: sealer.keyring).cipher(for: b, wrappedKey: ca.wrappedKey) }
+        let wrongSession = #expect(throws: StepwiseError.self) {
+            try KeyringSealer(keyring: sealer.keyring).cipher(for: b, wrappedKey: ca.wrappedKey)
+        }
         #expect(wrongSession?.code == .sealedDataInvalid)
         // A tampered byte does not open.
         var bytes = Array(sealed.utf8)
@@ -144,9 +155,12 @@ struct EncryptionTests {
         let keys = try TestRedis.uniqueKeys()
         let conn = try TestRedis.connection()
         let dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn, sealer: sealer)
-        let x = try SessionID("x"), y = try SessionID("y")
-        _ = try await dispatcher.submit([Submission(session: x, agent: "counter", input: 1), Submission(session: y, agent: "counter", input: 2)])
-            .receipts()
+        let x = try SessionID("x")
+        let y = try SessionID("y")
+        _ = try await dispatcher.submit([
+            Submission(session: x, agent: "counter", input: 1), Submission(session: y, agent: "counter", input: 2),
+        ])
+        .receipts()
         let xState = try #require(try await conn.send(["HGET", RedisArgument(keys.session(x)), "state"]).string)
         _ = try await conn.send(["HSET", RedisArgument(keys.session(y)), "state", RedisArgument(xState)])
         let store = SessionStore(connection: conn, keys: keys, sealer: sealer)
@@ -174,7 +188,9 @@ struct EncryptionTests {
             Submission(session: id, agent: "echo", input: .string(marker)))
         // Readers without the key: a clear error, never garbage.
         for sealer in [nil, other] as [KeyringSealer?] {
-            let e = await #expect(throws: StepwiseError.self) { _ = try await SessionStore(connection: conn, keys: keys, sealer: sealer).session(id) }
+            let e = await #expect(throws: StepwiseError.self) {
+                _ = try await SessionStore(connection: conn, keys: keys, sealer: sealer).session(id)
+            }
             #expect(e?.code == .keyUnavailable)
             #expect(e?.message.contains("k1") == true, "\(String(describing: e))")
         }
@@ -218,7 +234,8 @@ struct EncryptionTests {
         _ = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn, sealer: k1).submit(
             old.map { Submission(session: $0, agent: "counter", input: 1) }
         ).receipts()
-        _ = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn).submit(Submission(session: plain, agent: "counter", input: 1))
+        _ = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn).submit(
+            Submission(session: plain, agent: "counter", input: 1))
         let store = SessionStore(connection: conn, keys: keys, sealer: both)
         try await withRunningWorker(keys: keys, agents: .builtIn, configuration: Self.fast, sealer: k1) {
             let done1 = try await eventually(timeout: .seconds(10)) { try await Self.allHave(1, steps: old, in: store) }
@@ -228,10 +245,15 @@ struct EncryptionTests {
         // new sessions get data keys under k2.
         let fresh = try SessionID("fresh")
         let dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn, sealer: both)
-        _ = try await dispatcher.submit(old.map { Submission(session: $0, input: 2) } + [Submission(session: fresh, agent: "counter", input: 1)])
-            .receipts()
-        func dk(_ id: SessionID) async throws -> String { try await conn.send(["HGET", RedisArgument(keys.session(id)), "dk"]).string ?? "" }
-        let oldKey = try await dk(old[0]), freshKey = try await dk(fresh)
+        _ = try await dispatcher.submit(
+            old.map { Submission(session: $0, input: 2) } + [Submission(session: fresh, agent: "counter", input: 1)]
+        )
+        .receipts()
+        func dk(_ id: SessionID) async throws -> String {
+            try await conn.send(["HGET", RedisArgument(keys.session(id)), "dk"]).string ?? ""
+        }
+        let oldKey = try await dk(old[0])
+        let freshKey = try await dk(fresh)
         #expect(oldKey.hasPrefix("k1:") && freshKey.hasPrefix("k2:"))
         try await withRunningWorker(keys: keys, agents: .builtIn, configuration: Self.fast, sealer: both) {
             let done2 = try await eventually(timeout: .seconds(10)) { try await Self.allHave(2, steps: old, in: store) }
@@ -253,8 +275,10 @@ struct EncryptionTests {
         // k1 removed: everything still opens and runs under k2 alone.
         let k2Store = SessionStore(connection: conn, keys: keys, sealer: onlyK2)
         for id in old { #expect((try await k2Store.session(id))?.state["count"]?.intValue == 2) }
-        _ = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn, sealer: onlyK2).submit(old.map { Submission(session: $0, input: 3) })
-            .receipts()
+        _ = try await Dispatcher(connection: conn, keys: keys, agents: .builtIn, sealer: onlyK2).submit(
+            old.map { Submission(session: $0, input: 3) }
+        )
+        .receipts()
         try await withRunningWorker(keys: keys, agents: .builtIn, configuration: Self.fast, sealer: onlyK2) {
             let done3 = try await eventually(timeout: .seconds(10)) { try await Self.allHave(3, steps: old, in: k2Store) }
             #expect(done3)
@@ -274,7 +298,8 @@ struct EncryptionTests {
         let conn = try TestRedis.connection()
         let sealer = try Self.sealer(["k1"], active: "k1")
         let dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn, sealer: sealer)
-        let id = try SessionID("gone"), keep = try SessionID("kept")
+        let id = try SessionID("gone")
+        let keep = try SessionID("kept")
         _ = try await dispatcher.submit([
             Submission(session: id, agent: "counter", owner: "alice", input: 1), Submission(session: keep, agent: "counter", input: 1),
         ]).receipts()
@@ -371,10 +396,12 @@ struct ShreddingBackupTests {
         let binary = try #require(TestRedis.binary)
         let worker = try ChildProcess(binary: binary, arguments: ["worker"] + base, environment: env)
         defer { if worker.isRunning { worker.signal(SIGKILL) } }
-        let gone = EncryptionTests.marker("forgotten"), kept = EncryptionTests.marker("kept")
+        let gone = EncryptionTests.marker("forgotten")
+        let kept = EncryptionTests.marker("kept")
         for (session, marker) in [("gone", gone), ("kept", kept)] {
             let r = try await runBinary(
-                ["submit", "--session", session, "--agent", "echo", "--input", "{\"say\":\"\(marker)\"}", "--wait"] + base, environment: env)
+                ["submit", "--session", session, "--agent", "echo", "--input", "{\"say\":\"\(marker)\"}", "--wait"] + base, environment: env
+            )
             #expect(r.status == 0, "\(r.stderr)")
         }
         let conn = RedisConnection(configuration: .init(endpoint: live.endpoint))
