@@ -111,8 +111,11 @@ public struct Keyring: Sendable {
 
     /// The keyring's text form (holds the keys: write it only to a file of mode 0600).
     public var text: String {
-        let entries = keyIDs.map { id in
-            "    \(JSONValue.string(id).jsonString): \(JSONValue.string(keys[id]!.withUnsafeBytes { Data($0) }.base64EncodedString()).jsonString)"
+        let entries = keyIDs.compactMap { id in
+            keys[id].map { key in
+                let b64 = key.withUnsafeBytes { Data($0) }.base64EncodedString()
+                return "    \(JSONValue.string(id).jsonString): \(JSONValue.string(b64).jsonString)"
+            }
         }
         return "{\n  \"active\": \(JSONValue.string(activeKeyID).jsonString),\n  \"keys\": {\n" + entries.joined(separator: ",\n")
             + "\n  }\n}\n"
