@@ -8,7 +8,7 @@ let swiftSettings: [SwiftSetting] = [
 
 let luaScripts = [
     "prelude", "submit", "claim", "commit", "release", "reap", "heartbeat", "progress", "promote", "cancel", "touch",
-    "dead_letter", "sweep", "compact",
+    "dead_letter", "sweep", "compact", "forget", "rewrap",
 ]
 
 let package = Package(
@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "StepwiseRedis", targets: ["StepwiseRedis"]),
         .library(name: "StepwiseGateway", targets: ["StepwiseGateway"]),
         .library(name: "StepwiseLLM", targets: ["StepwiseLLM"]),
+        .library(name: "StepwiseEncryption", targets: ["StepwiseEncryption"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -92,6 +93,15 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Encryption at rest: the keyring and AES-256-GCM sealing of session data (swift-crypto stays out of the core).
+        .target(
+            name: "StepwiseEncryption",
+            dependencies: [
+                "StepwiseCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // A crash signal handler that tells Redis this worker crashed (async-signal-safe C).
         .target(name: "CStepwiseCrash"),
         .target(
@@ -131,6 +141,7 @@ let package = Package(
                 "StepwiseMetrics",
                 .product(name: "Metrics", package: "swift-metrics"),
                 "StepwiseLLM",
+                "StepwiseEncryption",
                 // RedisServerProcess: `loadtest --start-redis` runs (and, for chaos, restarts) its own redis-server.
                 "StepwiseTesting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -154,14 +165,14 @@ let package = Package(
         .testTarget(
             name: "StepwiseGatewayTests",
             dependencies: [
-                "StepwiseCore", "StepwiseAgents", "StepwiseRedis", "StepwiseTesting", "StepwiseGateway",
+                "StepwiseCore", "StepwiseAgents", "StepwiseRedis", "StepwiseTesting", "StepwiseGateway", "StepwiseEncryption",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
             ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "StepwiseIntegrationTests",
-            dependencies: ["StepwiseCore", "StepwiseAgents", "StepwiseRedis", "StepwiseTesting"],
+            dependencies: ["StepwiseCore", "StepwiseAgents", "StepwiseRedis", "StepwiseTesting", "StepwiseEncryption"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -12,7 +12,7 @@ echo "test redis-server on 127.0.0.1:$port (pid $(cat "$dir/redis.pid"))"
 export STEPWISE_TEST_REDIS_URL="redis://127.0.0.1:$port"
 # A password file or payload logging from the caller's shell would leak into every command the
 # tests run; the tests set what they need themselves.
-unset REDIS_PASSWORD_FILE STEPWISE_LOG_PAYLOADS
+unset REDIS_PASSWORD_FILE STEPWISE_LOG_PAYLOADS STEPWISE_KEYRING STEPWISE_KEYRING_FILE
 export STEPWISE_BIN="$(swift build --show-bin-path)/stepwise"
 if [ $# -gt 0 ]; then
   swift test --skip-build "$@"

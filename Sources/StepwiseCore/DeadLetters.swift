@@ -38,11 +38,14 @@ public struct DeadLetterQueue: Sendable {
     public let keys: KeySpace
     /// Cap of each session's event stream for the events these actions append.
     public var eventsMaxLength: Int
+    /// The keyring that opens an encrypted session's input and error.
+    public let sealer: (any SessionSealer)?
 
-    public init(connection: RedisConnection, keys: KeySpace, eventsMaxLength: Int = 1000) {
+    public init(connection: RedisConnection, keys: KeySpace, eventsMaxLength: Int = 1000, sealer: (any SessionSealer)? = nil) {
         self.connection = connection
         self.keys = keys
         self.eventsMaxLength = eventsMaxLength
+        self.sealer = sealer
     }
 
     /// Dead letters, newest first (at most `limit`). Entries whose session expired meanwhile are skipped.
@@ -84,16 +87,19 @@ public struct DeadLetterQueue: Sendable {
         let replies = try await connection.pipeline([
             [
                 "HMGET", RedisArgument(keys.session(id)), "blocked", "agent", "dead_reason", "dead_error", "dead_attempts",
-                "dead_at",
+                "dead_at", "dk",
             ],
             ["LLEN", RedisArgument(keys.inbox(id))],
         ])
         for r in replies { try r.throwingServerError() }
-        guard let f = replies[0].array, f.count == 6, let jid = f[0].string, !jid.isEmpty else { return nil }
+        guard let f = replies[0].array, f.count == 7, let jid = f[0].string, !jid.isEmpty else { return nil }
         let seq = String(jid.split(separator: ":").last ?? "")
-        let input = try await connection.send(["HGET", RedisArgument(keys.jobs(id)), RedisArgument(seq)]).string ?? ""
+        let cipher = try SealedText.cipher(sealer, session: id, wrappedKey: f[6].string)
+        let sealedInput = try await connection.send(["HGET", RedisArgument(keys.jobs(id)), RedisArgument(seq)]).string ?? ""
+        let input = try SealedText.open(sealedInput, as: .input, with: cipher, session: id.rawValue)
+        let error = try SealedText.open(f[3].string ?? "", as: .deadError, with: cipher, session: id.rawValue)
         return DeadLetter(
-            jobID: jid, session: id.rawValue, agent: f[1].string ?? "", reason: f[2].string ?? "", error: f[3].string ?? "",
+            jobID: jid, session: id.rawValue, agent: f[1].string ?? "", reason: f[2].string ?? "", error: error,
             attempts: f[4].int ?? 0, time: Int64(f[5].int ?? 0), input: input, heldSteps: max(0, (replies[1].int ?? 1) - 1))
     }
 }

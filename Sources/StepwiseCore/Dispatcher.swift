@@ -74,19 +74,24 @@ public struct Dispatcher: Sendable {
     /// accepts only the linked agents.
     public let agentNames: Set<String>?
     public let configuration: Configuration
+    /// The keyring: with one, a new session gets its own data key and every input, option and
+    /// initial state is sealed with it; without one, sessions are stored in plain text.
+    public let sealer: (any SessionSealer)?
 
     /// Creates a dispatcher.
     ///
     /// - Parameter agents: the agents workers know; used to reject unknown names at submit and to
     ///   build a new session's initial state.
     public init(
-        connection: RedisConnection, keys: KeySpace, agents: AgentRegistry, configuration: Configuration = .init()
+        connection: RedisConnection, keys: KeySpace, agents: AgentRegistry, configuration: Configuration = .init(),
+        sealer: (any SessionSealer)? = nil
     ) {
         self.connection = connection
         self.keys = keys
         self.agents = agents
         self.agentNames = nil
         self.configuration = configuration
+        self.sealer = sealer
     }
 
     /// Creates a dispatcher that links no agent code: it accepts new sessions for the agents
@@ -94,13 +99,15 @@ public struct Dispatcher: Sendable {
     ///
     /// This is what a gateway or an app uses to enqueue steps for agents that run elsewhere.
     public init(
-        connection: RedisConnection, keys: KeySpace, agentNames: Set<String>, configuration: Configuration = .init()
+        connection: RedisConnection, keys: KeySpace, agentNames: Set<String>, configuration: Configuration = .init(),
+        sealer: (any SessionSealer)? = nil
     ) {
         self.connection = connection
         self.keys = keys
         self.agents = AgentRegistry()
         self.agentNames = agentNames
         self.configuration = configuration
+        self.sealer = sealer
     }
 
     /// Submits one step and returns as soon as Redis accepted it (one round trip).
@@ -124,29 +131,107 @@ public struct Dispatcher: Sendable {
     /// enqueued. When the connection fails, every submission that was sent gets the
     /// ``RedisError``: the transaction may or may not have run, so check with
     /// ``SessionStore`` or re-submit with an idempotency key.
+    ///
+    /// With a ``sealer``, a submission to a session this dispatcher has no key for goes out sealed
+    /// with a fresh data key; when the session already exists, the script writes nothing and
+    /// answers its stored key, and those submissions are sealed again and sent in a second round
+    /// trip, still in order.
     public func submit(_ submissions: [Submission]) async -> [Result<SubmitReceipt, any Error>] {
         let now = Self.nowMillis()
         var results = [Result<SubmitReceipt, any Error>?](repeating: nil, count: submissions.count)
-        var calls: [ScriptCall] = []
-        var sent: [Int] = []
+        var prepared: [Int: ScriptCalls.SubmitArguments] = [:]
         for (i, s) in submissions.enumerated() {
             do {
-                calls.append(scripts.submit(try arguments(for: s), now: now))
-                sent.append(i)
+                prepared[i] = try arguments(for: s)
             } catch {
                 results[i] = .failure(error)
             }
         }
-        if !calls.isEmpty {
+        var pending = prepared.keys.sorted()
+        // The data key each session's submissions of this batch are sealed with.
+        var batchKeys: [String: BatchKey] = [:]
+        var keyErrors: [String: any Error] = [:]
+        for _ in 0..<4 where !pending.isEmpty {
+            var calls: [ScriptCall] = []
+            var sent: [Int] = []
+            for i in pending {
+                guard var a = prepared[i] else { continue }
+                let sid = a.session.rawValue
+                if let error = keyErrors[sid] {
+                    results[i] = .failure(error)
+                    continue
+                }
+                do {
+                    if let sealer {
+                        let key = try batchKeys[sid] ?? BatchKey(cipher: try sealer.makeKey(for: a.session), fresh: true)
+                        batchKeys[sid] = key
+                        if let cipher = key.cipher {
+                            a = try Self.sealed(a, with: cipher)
+                            a.freshKey = key.fresh
+                        }
+                    }
+                    calls.append(scripts.submit(a, now: now))
+                    sent.append(i)
+                } catch {
+                    results[i] = .failure(error)
+                }
+            }
+            pending = []
+            guard !calls.isEmpty else { break }
             do {
                 let script = Scripts.submit
                 let replies = try await connection.evalScriptPipelined(script, calls: calls.map { ($0.keys, $0.arguments) })
-                for (i, reply) in zip(sent, replies) { results[i] = Self.receipt(from: reply) }
+                var rekeyed: Set<String> = []
+                for (i, reply) in zip(sent, replies) {
+                    guard let stored = Self.storedKey(in: reply), let session = prepared[i]?.session else {
+                        results[i] = Self.receipt(from: reply)
+                        continue
+                    }
+                    pending.append(i)
+                    guard rekeyed.insert(session.rawValue).inserted else { continue }
+                    do {
+                        if stored == "-" {
+                            batchKeys[session.rawValue] = BatchKey(cipher: try sealer?.makeKey(for: session), fresh: true)
+                        } else {
+                            let cipher = try SealedText.cipher(sealer, session: session, wrappedKey: stored)
+                            batchKeys[session.rawValue] = BatchKey(cipher: cipher, fresh: false)
+                        }
+                    } catch {
+                        keyErrors[session.rawValue] = error
+                    }
+                }
             } catch {
                 for i in sent { results[i] = .failure(error) }
             }
         }
+        for i in pending where results[i] == nil {
+            results[i] = .failure(StepwiseError(.unexpectedReply, "the session's data key kept changing during the submit: submit again"))
+        }
         return results.map { $0 ?? .failure(StepwiseError(.unexpectedReply, "no reply for a submission")) }
+    }
+
+    /// A session's data key within one submit batch: `cipher` nil for a plain session.
+    private struct BatchKey {
+        var cipher: (any SessionCipher)?
+        var fresh: Bool
+    }
+
+    /// The stored key of a `{'', 2, dk}` reply (the submit was not applied: seal with it and send again).
+    private static func storedKey(in reply: RESPValue) -> String? {
+        guard let parts = reply.array, parts.count == 3, parts[1].int == 2 else { return nil }
+        return parts[2].string ?? ""
+    }
+
+    /// The submission's input, options and initial state sealed with `cipher`.
+    private static func sealed(_ plain: ScriptCalls.SubmitArguments, with cipher: any SessionCipher) throws
+        -> ScriptCalls.SubmitArguments
+    {
+        var a = plain
+        a.input = try cipher.seal(plain.input, as: .input)
+        if let options = plain.options { a.options = try cipher.seal(options, as: .options) }
+        if plain.agent != nil { a.initialState = try cipher.seal(plain.initialState, as: .state) }
+        a.wrappedKey = cipher.wrappedKey
+        return a
     }
 
     private static func receipt(from reply: RESPValue) -> Result<SubmitReceipt, any Error> {
@@ -226,7 +311,32 @@ public struct Dispatcher: Sendable {
         return reply.string.flatMap { Int64($0) }
     }
 
+    /// Forgets a session (crypto-shredding): deletes its data key with all of its keys. Sealed
+    /// copies of its data that remain anywhere (the AOF, replicas) can no longer be opened; for
+    /// backups, see docs/SECURITY.md. One round trip.
+    ///
+    /// - Parameters:
+    ///   - owner: who asks: a session with an owner is forgotten only for that owner, unless
+    ///   - asOperator: is set (the `stepwise forget` CLI).
+    /// - Returns: whether the session was encrypted, or `nil` when there is no such session.
+    /// - Throws: ``StepwiseError`` ``StepwiseError/Code/notOwner`` for another owner's session.
+    public func forget(_ id: SessionID, owner: String? = nil, asOperator: Bool = false) async throws -> ForgetReceipt? {
+        let reply = try await connection.run(scripts.forget(session: id, owner: owner, asOperator: asOperator))
+        guard let p = reply.array, p.count == 2, let done = p[0].int else {
+            throw StepwiseError(.unexpectedReply, "forget script returned \(reply)")
+        }
+        guard done == 1 else { return nil }
+        return ForgetReceipt(encrypted: p[1].int == 1)
+    }
+
     static func nowMillis() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+}
+
+/// What ``Dispatcher/forget(_:owner:asOperator:)`` did.
+public struct ForgetReceipt: Sendable, Hashable {
+    /// The session had a data key, now destroyed: its sealed data can no longer be opened. A
+    /// plain session's keys were deleted, but copies in the AOF, replicas and backups stay readable.
+    public var encrypted: Bool
 }
 
 extension Array where Element == Result<SubmitReceipt, any Error> {

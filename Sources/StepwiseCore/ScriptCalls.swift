@@ -31,6 +31,10 @@ struct ScriptCalls: Sendable {
         var maxAttempts: Int?
         var defaultTTLMilliseconds: Int64
         var asOperator: Bool = false
+        /// The session's wrapped data key; empty for a client without a keyring.
+        var wrappedKey: String = ""
+        /// `wrappedKey` was just made: only such a key may start a new session.
+        var freshKey: Bool = false
     }
 
     func submit(_ a: SubmitArguments, now: Int64) -> ScriptCall {
@@ -41,7 +45,7 @@ struct ScriptCalls: Sendable {
                 RedisArgument(a.options ?? ""), RedisArgument(a.input), RedisArgument(a.idempotencyKey ?? ""),
                 RedisArgument(now), RedisArgument(a.ttlMilliseconds.map(String.init) ?? ""), RedisArgument(a.initialState),
                 RedisArgument(a.maxAttempts.map(String.init) ?? ""), RedisArgument(a.defaultTTLMilliseconds),
-                RedisArgument(a.asOperator ? "1" : ""),
+                RedisArgument(a.asOperator ? "1" : ""), RedisArgument(a.wrappedKey), RedisArgument(a.freshKey ? "1" : ""),
             ])
     }
 
@@ -68,6 +72,9 @@ struct ScriptCalls: Sendable {
         var retryDelay: Duration = .zero
         var deadReason: String = ""
         var deadAttempts: Int?
+        /// The payload's second copy (a continuation's input, a dead letter's error), sealed for
+        /// its own field; empty: the same text as `payload`.
+        var secondPayload: String = ""
     }
 
     func commit(_ a: CommitArguments, now: Int64) -> ScriptCall {
@@ -77,7 +84,7 @@ struct ScriptCalls: Sendable {
                 prefix, RedisArgument(a.worker), RedisArgument(now), maxlen, RedisArgument(a.jobID), RedisArgument(a.holder),
                 RedisArgument(a.outcome.rawValue), RedisArgument(a.state), RedisArgument(a.payload), a.fetchNext ? "1" : "0",
                 RedisArgument(a.activeLimit), RedisArgument(a.retryDelay.milliseconds), RedisArgument(a.deadReason),
-                RedisArgument(a.deadAttempts.map(String.init) ?? ""),
+                RedisArgument(a.deadAttempts.map(String.init) ?? ""), RedisArgument(a.secondPayload),
             ])
     }
 
@@ -160,6 +167,19 @@ struct ScriptCalls: Sendable {
         ScriptCall(script: Scripts.compact, keys: [], arguments: [prefix, RedisArgument(idleMilliseconds), RedisArgument(batch)])
     }
 
+    /// Deletes a session and its data key (crypto-shredding); `owner` nil with `asOperator`.
+    func forget(session: SessionID, owner: String?, asOperator: Bool) -> ScriptCall {
+        ScriptCall(
+            script: Scripts.forget, keys: [],
+            arguments: [prefix, RedisArgument(session.rawValue), RedisArgument(owner ?? ""), RedisArgument(asOperator ? "1" : "")])
+    }
+
+    /// Replaces a session's wrapped data key if it is still `old`.
+    func rewrap(session: SessionID, old: String, new: String) -> ScriptCall {
+        ScriptCall(
+            script: Scripts.rewrap, keys: [], arguments: [prefix, RedisArgument(session.rawValue), RedisArgument(old), RedisArgument(new)])
+    }
+
     /// Maps a script's error reply to a typed error: `STEPWISE <code> <text>` to ``StepwiseError``,
     /// anything else (OOM, a lost script) to ``RedisServerError``.
     static func mapError(_ message: String) -> any Error {
@@ -176,6 +196,7 @@ struct ScriptCalls: Sendable {
         case "cancelled": return StepwiseError(.sessionCancelled, text)
         case "not_dead": return StepwiseError(.notDeadLetter, text)
         case "invalid_argument": return StepwiseError(.invalidArgument, text)
+        case "encrypted": return StepwiseError(.sessionEncrypted, text)
         default: return StepwiseError(.unexpectedReply, String(rest))
         }
     }

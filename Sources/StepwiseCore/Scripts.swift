@@ -25,9 +25,14 @@ enum Scripts {
     static let deadLetter = load("dead_letter", PackageResources.dead_letter_lua)
     static let sweep = load("sweep", PackageResources.sweep_lua)
     static let compact = load("compact", PackageResources.compact_lua)
+    static let forget = load("forget", PackageResources.forget_lua)
+    static let rewrap = load("rewrap", PackageResources.rewrap_lua)
 
     /// Every script, for tests and `SCRIPT LOAD` checks.
-    static let all: [RedisScript] = [submit, claim, commit, release, reap, heartbeat, progress, promote, cancel, touch, deadLetter, sweep, compact]
+    static let all: [RedisScript] = [
+        submit, claim, commit, release, reap, heartbeat, progress, promote, cancel, touch, deadLetter, sweep, compact, forget,
+        rewrap,
+    ]
 
     /// The script's shebang line (Redis 7 flags: without `allow-oom`, a script is refused as a
     /// whole while Redis is out of memory), then the prelude, then the script's body.

@@ -5,33 +5,62 @@ import StepwiseRedis
 public struct SessionStore: Sendable {
     public let connection: RedisConnection
     public let keys: KeySpace
+    /// The keyring that opens encrypted sessions; without one, reading an encrypted session's
+    /// state or sealed events fails with ``StepwiseError/Code/keyUnavailable``.
+    public let sealer: (any SessionSealer)?
 
-    public init(connection: RedisConnection, keys: KeySpace) {
+    public init(connection: RedisConnection, keys: KeySpace, sealer: (any SessionSealer)? = nil) {
         self.connection = connection
         self.keys = keys
+        self.sealer = sealer
+    }
+
+    /// The cipher of a session's data key: `nil` when the session is not encrypted (or is gone).
+    /// `HGET <session> dk`.
+    ///
+    /// - Throws: ``StepwiseError`` ``StepwiseError/Code/keyUnavailable`` when the keyring lacks its key.
+    public func cipher(for id: SessionID) async throws -> (any SessionCipher)? {
+        let reply = try await connection.send(["HGET", RedisArgument(keys.session(id)), "dk"]).throwingServerError()
+        return try SealedText.cipher(sealer, session: id, wrappedKey: reply.string)
+    }
+
+    /// `events` with their sealed fields opened (one `HGET` for the key when any is sealed).
+    ///
+    /// - Throws: ``StepwiseError`` when a sealed field does not open (no keyring, an unknown key,
+    ///   a forgotten session): never garbage.
+    public func opened(_ events: [StepEvent], of id: SessionID) async throws -> [StepEvent] {
+        guard SealedText.anySealed(events) else { return events }
+        let cipher = try await cipher(for: id)
+        return try events.map { try $0.opened(with: cipher) }
     }
 
     /// The session, or `nil` when it does not exist (or expired). One round trip.
+    ///
+    /// - Throws: ``StepwiseError`` ``StepwiseError/Code/keyUnavailable`` for an encrypted session
+    ///   whose key this process lacks, ``StepwiseError/Code/sealedDataInvalid`` when its state
+    ///   does not open.
     public func session(_ id: SessionID) async throws -> SessionSnapshot? {
         let replies = try await connection.pipeline([
             [
                 "HMGET", RedisArgument(keys.session(id)), "agent", "owner", "status", "version", "steps", "created",
-                "active", "options", "state", "cancelled", "blocked", "exp",
+                "active", "options", "state", "cancelled", "blocked", "exp", "dk",
             ],
             ["LLEN", RedisArgument(keys.inbox(id))],
         ])
         for r in replies { try r.throwingServerError() }
-        guard let f = replies[0].array, f.count == 12, let agent = f[0].string else { return nil }
-        func json(_ v: RESPValue) -> JSONValue {
+        guard let f = replies[0].array, f.count == 13, let agent = f[0].string else { return nil }
+        let cipher = try SealedText.cipher(sealer, session: id, wrappedKey: f[12].string)
+        func json(_ v: RESPValue, _ field: SealedField) throws -> JSONValue {
             guard let b = v.bytes, !b.isEmpty else { return .null }
-            return (try? JSONValue(parsing: b)) ?? .string(String(decoding: b, as: UTF8.self))
+            let text = try SealedText.open(String(decoding: b, as: UTF8.self), as: field, with: cipher, session: id.rawValue)
+            return (try? JSONValue(parsing: text)) ?? .string(text)
         }
         return SessionSnapshot(
             id: id, agent: agent, owner: f[1].string ?? "",
             status: f[2].string.flatMap(SessionStatus.init(rawValue:)) ?? .idle,
             version: f[3].int ?? 0, steps: f[4].int ?? 0,
             createdAt: Int64(f[5].int ?? 0), lastActiveAt: Int64(f[6].int ?? 0),
-            options: json(f[7]), state: json(f[8]), queued: replies[1].int ?? 0, cancelReason: f[9].string,
+            options: try json(f[7], .options), state: try json(f[8], .state), queued: replies[1].int ?? 0, cancelReason: f[9].string,
             deadLetter: f[10].string.flatMap { $0.isEmpty ? nil : $0 }, expiresAt: f[11].string.flatMap { Int64($0) })
     }
 
@@ -117,7 +146,7 @@ public struct SessionStore: Sendable {
         guard let streams = reply.array, let first = streams.first?.array, first.count == 2, let entries = first[1].array else {
             return []
         }
-        return entries.compactMap { StepEvent(entry: $0, session: id.rawValue) }
+        return try await opened(entries.compactMap { StepEvent(entry: $0, session: id.rawValue) }, of: id)
     }
 }
 

@@ -8,6 +8,7 @@ public struct StepwiseError: Error, Sendable, CustomStringConvertible {
             case invalidConfiguration, unexpectedReply, sessionCancelled, notDeadLetter, unsafeRedisConfiguration
             case invalidArgument, holdLost
             case invalidOwner, invalidOptions
+            case keyUnavailable, sealedDataInvalid, sessionEncrypted
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -51,6 +52,14 @@ public struct StepwiseError: Error, Sendable, CustomStringConvertible {
         /// The worker no longer holds the session its step runs for (it was presumed dead and the
         /// step went to another worker): the step's progress and commit change nothing.
         public static let holdLost = Code(.holdLost)
+        /// A session's data is encrypted under a key this process does not have: no keyring is
+        /// configured, or the keyring lacks the key id the session's data key is wrapped with.
+        public static let keyUnavailable = Code(.keyUnavailable)
+        /// A sealed value did not open with its session's data key: it was altered, or moved from
+        /// another session or field.
+        public static let sealedDataInvalid = Code(.sealedDataInvalid)
+        /// A client without a keyring wrote to an encrypted session.
+        public static let sessionEncrypted = Code(.sessionEncrypted)
         /// Redis answered something the engine did not expect.
         public static let unexpectedReply = Code(.unexpectedReply)
 

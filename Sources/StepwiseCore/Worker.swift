@@ -138,6 +138,9 @@ public final class Worker: Service, Sendable {
     let steps: RedisConnection
     /// The typed calls of the protocol's scripts.
     let scripts: ScriptCalls
+    /// The keyring that opens encrypted sessions' data keys; `nil`: this worker runs plain
+    /// sessions only (an encrypted session's step is dead-lettered as `key unavailable`).
+    public let sealer: (any SessionSealer)?
 
     struct RunState: Sendable {
         var stopping = false
@@ -175,10 +178,11 @@ public final class Worker: Service, Sendable {
     ///   `MetricsSystem` factory (no-ops when none is).
     public init(
         configuration: Configuration, redis: RedisConnection.Configuration, keys: KeySpace, agents: AgentRegistry,
-        logger: Logger, metrics: WorkerMetrics? = nil
+        logger: Logger, metrics: WorkerMetrics? = nil, sealer: (any SessionSealer)? = nil
     ) {
         let metrics = metrics ?? WorkerMetrics(agents: agents.names)
         self.metrics = metrics
+        self.sealer = sealer
         self.configuration = configuration
         self.redis = redis
         self.keys = keys
@@ -296,6 +300,8 @@ enum Claim: Sendable {
         var quarantined: Bool
         /// When this process decoded the claim's reply (the start of the claim-to-commit overhead).
         var claimedAt: ContinuousClock.Instant = .now
+        /// The session's wrapped data key; empty for a session stored in plain text.
+        var wrappedKey: String = ""
     }
     case run(Job)
     case skip(String)
@@ -322,7 +328,8 @@ enum Claim: Sendable {
             Job(
                 jobID: s[1], sessionID: s[2], agent: s[3], options: s[4], state: s[5], version: Int(s[6]) ?? 0,
                 step: Int(s[7]) ?? 0, attempt: Int(s[8]) ?? 0, input: s[9], holder: s[10], submittedAt: Int64(s[11]),
-                maxAttempts: Int(s[12]), failures: Int(s[13]) ?? 0, quarantined: !s[14].isEmpty))
+                maxAttempts: Int(s[12]), failures: Int(s[13]) ?? 0, quarantined: !s[14].isEmpty,
+                wrappedKey: s.count > 15 ? s[15] : ""))
     }
 }
 

@@ -168,18 +168,36 @@ extension Worker {
     /// Runs one claimed step and commits it; returns the next claim when the commit brought one.
     /// The job is in `active` from its claim (the fetcher or the last commit put it there) until
     /// this returns.
-    private func process(_ job: Claim.Job) async throws -> Claim? {
-        state.withLock { _ = $0.active.insert(job.jobID) }
-        metrics.started(jobID: job.jobID, agent: job.agent)
+    private func process(_ sealedJob: Claim.Job) async throws -> Claim? {
+        state.withLock { _ = $0.active.insert(sealedJob.jobID) }
+        metrics.started(jobID: sealedJob.jobID, agent: sealedJob.agent)
         defer {
-            state.withLock { _ = $0.active.remove(job.jobID) }
-            metrics.finished(jobID: job.jobID)
+            state.withLock { _ = $0.active.remove(sealedJob.jobID) }
+            metrics.finished(jobID: sealedJob.jobID)
         }
         var log = logger
-        log[metadataKey: LogKeys.jobID] = .string(job.jobID)
-        log[metadataKey: LogKeys.sessionID] = .string(job.sessionID)
-        log[metadataKey: LogKeys.step] = .stringConvertible(job.step)
-        log[metadataKey: LogKeys.attempt] = .stringConvertible(job.attempt)
+        log[metadataKey: LogKeys.jobID] = .string(sealedJob.jobID)
+        log[metadataKey: LogKeys.sessionID] = .string(sealedJob.sessionID)
+        log[metadataKey: LogKeys.step] = .stringConvertible(sealedJob.step)
+        log[metadataKey: LogKeys.attempt] = .stringConvertible(sealedJob.attempt)
+
+        // An encrypted session's documents open with its data key, or the step does not run.
+        let cipher: (any SessionCipher)?
+        let job: Claim.Job
+        do {
+            cipher = try SealedText.cipher(sealer, session: try SessionID(sealedJob.sessionID), wrappedKey: sealedJob.wrappedKey)
+        } catch {
+            log.error("step cannot run: its session's data key is unavailable, dead-lettered", metadata: [LogKeys.error: "\(error)"])
+            let outcome = Outcome(kind: .dead, state: "", payload: "\(error)", deadReason: "key unavailable")
+            return try await commit(sealedJob, outcome: outcome, cipher: nil, fetchNext: true, logger: log)
+        }
+        do {
+            job = try Self.opened(sealedJob, with: cipher)
+        } catch {
+            log.error("step cannot run: its sealed data does not open, dead-lettered", metadata: [LogKeys.error: "\(error)"])
+            let outcome = Outcome(kind: .dead, state: "", payload: "\(error)", deadReason: "invalid job")
+            return try await commit(sealedJob, outcome: outcome, cipher: cipher, fetchNext: true, logger: log)
+        }
 
         let agent = agents[job.agent]
         let maxAttempts = job.maxAttempts ?? agent?.maxAttempts ?? configuration.maxAttempts
@@ -198,11 +216,38 @@ extension Worker {
                 solo = true
             }
             let start = ContinuousClock.now
-            var ran = try await run(job, agent: agent, maxAttempts: maxAttempts, logger: log)
+            var ran = try await run(job, agent: agent, maxAttempts: maxAttempts, cipher: cipher, logger: log)
             ran.ran = ContinuousClock.now - start
             outcome = ran
         }
-        return try await commit(job, outcome: outcome, fetchNext: !solo, logger: log)
+        return try await commit(job, outcome: outcome, cipher: cipher, fetchNext: !solo, logger: log)
+    }
+
+    /// The job with its input, options and state opened (as they are for a plain session).
+    static func opened(_ job: Claim.Job, with cipher: (any SessionCipher)?) throws -> Claim.Job {
+        var j = job
+        j.input = try SealedText.open(job.input, as: .input, with: cipher, session: job.sessionID)
+        j.options = try SealedText.open(job.options, as: .options, with: cipher, session: job.sessionID)
+        j.state = try SealedText.open(job.state, as: .state, with: cipher, session: job.sessionID)
+        return j
+    }
+
+    /// What the commit script gets for an outcome: each document sealed for its field with the
+    /// session's data key (as it is, for a plain session). The state goes only with outcomes
+    /// that write it; the payload's second copy only with those that store one.
+    static func sealed(_ o: Outcome, with cipher: (any SessionCipher)?) throws -> (state: String, payload: String, second: String) {
+        guard let cipher else { return (o.state, o.payload, "") }
+        func seal(_ text: String, _ field: SealedField) throws -> String { text.isEmpty ? "" : try cipher.seal(text, as: field) }
+        switch o.kind {
+        case .continue:
+            return (
+                try seal(o.state, .state), try seal(o.payload, .event("step.completed", "data")), try seal(o.payload, .input)
+            )
+        case .wait, .done: return (try seal(o.state, .state), try seal(o.payload, .event("step.completed", "data")), "")
+        case .fail: return (try seal(o.state, .state), try seal(o.payload, .event("step.failed", "data")), "")
+        case .retry: return ("", try seal(o.payload, .event("step.retrying", "error")), "")
+        case .dead: return ("", try seal(o.payload, .event("step.dead", "error")), try seal(o.payload, .deadError))
+        }
     }
 
     /// A step that was in flight with others when its worker crashed runs alone: this slot waits
@@ -247,10 +292,12 @@ extension Worker {
 
     /// Runs the agent's step as a child task that a session cancel can stop, and maps what it
     /// did to an outcome.
-    private func run(_ job: Claim.Job, agent: (any Agent)?, maxAttempts: Int, logger: Logger) async throws -> Outcome {
+    private func run(_ job: Claim.Job, agent: (any Agent)?, maxAttempts: Int, cipher: (any SessionCipher)?, logger: Logger)
+        async throws -> Outcome
+    {
         let prepared: (any Agent, JSONValue, JSONValue, StepContext)
         do {
-            prepared = try prepare(job, agent: agent, logger: logger)
+            prepared = try prepare(job, agent: agent, cipher: cipher, logger: logger)
         } catch {
             logger.warning("step cannot run, dead-lettered", metadata: [LogKeys.error: "\(error)"])
             return Outcome(kind: .dead, state: job.state, payload: "\(error)", deadReason: "invalid job")
@@ -332,7 +379,7 @@ extension Worker {
 
     /// Decodes what a step needs; throws for a job that can never run (unknown agent, corrupt
     /// state document).
-    private func prepare(_ job: Claim.Job, agent: (any Agent)?, logger: Logger) throws -> (
+    private func prepare(_ job: Claim.Job, agent: (any Agent)?, cipher: (any SessionCipher)?, logger: Logger) throws -> (
         any Agent, JSONValue, JSONValue, StepContext
     ) {
         guard let agent else {
@@ -352,9 +399,16 @@ extension Worker {
             sessionID: sessionID, jobID: job.jobID, step: job.step, attempt: job.attempt, options: options,
             logger: logger,
             emitter: { message, data in
+                // Sealed for the event's own fields (as they are for a plain session).
+                var message = message
+                var data = data.jsonString
+                if let cipher {
+                    message = message.isEmpty ? "" : try cipher.seal(message, as: .event("step.progress", "message"))
+                    data = try cipher.seal(data, as: .event("step.progress", "data"))
+                }
                 let call = scripts.progress(
                     jobID: job.jobID, holder: job.holder, step: job.step, attempt: job.attempt, now: Dispatcher.nowMillis(),
-                    message: message, data: data.jsonString, solo: false)
+                    message: message, data: data, solo: false)
                 let reply: RESPValue
                 do {
                     reply = try await conn.run(call, coalesced: true)
@@ -374,15 +428,20 @@ extension Worker {
     /// Commits a step. A commit whose reply is lost (a broken connection, Redis out of memory) is
     /// sent again until Redis answers: the script recognises its own token and answers the same
     /// status without applying twice.
-    private func commit(_ job: Claim.Job, outcome: Outcome, fetchNext wantNext: Bool, logger: Logger) async throws -> Claim? {
+    private func commit(
+        _ job: Claim.Job, outcome: Outcome, cipher: (any SessionCipher)?, fetchNext wantNext: Bool, logger: Logger
+    ) async throws -> Claim? {
+        // Sealed once: a commit sent again carries the same text.
+        let sealed = try Self.sealed(outcome, with: cipher)
         var failures = 0
         while true {
             let fetchNext = wantNext && !stopping && !Task.isCancelled && !soloPending
             let call = scripts.commit(
                 ScriptCalls.CommitArguments(
-                    worker: workerID, jobID: job.jobID, holder: job.holder, outcome: outcome.kind, state: outcome.state,
-                    payload: outcome.payload, fetchNext: fetchNext, activeLimit: configuration.maxActiveSessions,
-                    retryDelay: outcome.retryDelay, deadReason: outcome.deadReason, deadAttempts: outcome.attempts),
+                    worker: workerID, jobID: job.jobID, holder: job.holder, outcome: outcome.kind, state: sealed.state,
+                    payload: sealed.payload, fetchNext: fetchNext, activeLimit: configuration.maxActiveSessions,
+                    retryDelay: outcome.retryDelay, deadReason: outcome.deadReason, deadAttempts: outcome.attempts,
+                    secondPayload: sealed.second),
                 now: Dispatcher.nowMillis())
             let reply: RESPValue
             do {

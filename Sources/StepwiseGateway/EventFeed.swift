@@ -71,8 +71,18 @@ public struct EventFeed: Sendable {
         session id: SessionID, snapshot: SessionSnapshot, after: EventID, follow: Bool = true, stopAtEnd: Bool = true,
         send: (FeedMessage) async throws -> Void
     ) async throws {
-        let sessions = SessionStore(connection: store.connection, keys: store.keys)
+        let sessions = store.sessions
         var position = after
+        // The session's data key, fetched once when a sealed event first comes (again if one
+        // does not open with it: the session was forgotten and created anew).
+        var cipher: (any SessionCipher)??
+        func opened(_ events: [StepEvent]) async throws -> [StepEvent] {
+            guard SealedText.anySealed(events) else { return events }
+            if let c = cipher, let done = try? events.map({ try $0.opened(with: c) }) { return done }
+            let c = try await sessions.cipher(for: id)
+            cipher = .some(c)
+            return try events.map { try $0.opened(with: c) }
+        }
         let bounds = try await store.streamBounds(id)
         if let reason = Self.resetReason(after: after, bounds: bounds) {
             // Bounds first, then the snapshot: the snapshot includes at least every event up to
@@ -84,7 +94,8 @@ public struct EventFeed: Sendable {
         var ended = false
         // Where the last `end` was sent: one `end` per settled position, never two in a row.
         var endAt: EventID?
-        func deliver(_ events: [StepEvent]) async throws {
+        func deliver(_ sealed: [StepEvent]) async throws {
+            let events = try await opened(sealed)
             for e in events {
                 guard let eid = EventID(e.id), position < eid else { continue }
                 position = eid

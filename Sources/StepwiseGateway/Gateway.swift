@@ -65,7 +65,7 @@ public struct Gateway: Sendable {
     ///   - hub: the subscription hub, which has its own blocking connections.
     public init(
         connection: RedisConnection, keys: KeySpace, tokens: TokenAuthority, hub: SubscriptionHub,
-        configuration: Configuration, logger: Logger
+        configuration: Configuration, logger: Logger, sealer: (any SessionSealer)? = nil
     ) {
         self.configuration = configuration
         self.tokens = tokens
@@ -73,9 +73,9 @@ public struct Gateway: Sendable {
         self.logger = logger
         dispatcher = Dispatcher(
             connection: connection, keys: keys, agentNames: configuration.agentNames,
-            configuration: .init(maxInputBytes: configuration.maxInputBytes, sessionTTL: configuration.sessionTTL))
-        sessions = SessionStore(connection: connection, keys: keys)
-        store = GatewayStore(connection: connection, keys: keys)
+            configuration: .init(maxInputBytes: configuration.maxInputBytes, sessionTTL: configuration.sessionTTL), sealer: sealer)
+        sessions = SessionStore(connection: connection, keys: keys, sealer: sealer)
+        store = GatewayStore(connection: connection, keys: keys, sealer: sealer)
         feed = EventFeed(hub: hub, store: store)
     }
 
@@ -94,6 +94,7 @@ public struct Gateway: Sendable {
             let (_, snapshot) = try await owned(request, context.parameters)
             return Self.json(.ok, Self.render(snapshot))
         }
+        router.delete("/v1/sessions/{id}") { request, context in try await forget(request, context.parameters) }
         router.post("/v1/sessions/{id}/steps") { request, context in try await submitStep(request, context.parameters) }
         router.post("/v1/sessions/{id}/cancel") { request, context in try await cancel(request, context.parameters) }
         router.post("/v1/sessions/{id}/touch") { request, context in try await touch(request, context.parameters) }
@@ -159,7 +160,16 @@ public struct Gateway: Sendable {
     ) {
         let id = try Self.sessionID(parameters)
         let claims = try await authenticate(request, ticketFor: allowTicket ? id : nil)
-        guard let snapshot = try await sessions.session(id), snapshot.owner == claims.owner else { throw GatewayError.notFound }
+        let found: SessionSnapshot?
+        do {
+            found = try await sessions.session(id)
+        } catch let e as StepwiseError where e.code == .keyUnavailable || e.code == .sealedDataInvalid {
+            // Another owner's session is a 404 whatever its key: no existence leak.
+            let owner = try await sessions.connection.send(["HGET", RedisArgument(sessions.keys.session(id)), "owner"]).string
+            guard owner == claims.owner else { throw GatewayError.notFound }
+            throw e
+        }
+        guard let snapshot = found, snapshot.owner == claims.owner else { throw GatewayError.notFound }
         return (claims, snapshot)
     }
 
@@ -270,6 +280,18 @@ public struct Gateway: Sendable {
                 "cancelled": .bool(result != nil), "dropped": .int(result?.dropped ?? 0),
                 "running": result?.running.map { .string($0) } ?? .null,
             ])
+    }
+
+    /// `DELETE /v1/sessions/{id}`: crypto-shreds the caller's session (its data key and all of its
+    /// keys). Works without reading the session, so a session whose key is gone can still be deleted.
+    func forget(_ request: Request, _ parameters: Parameters) async throws -> Response {
+        let id = try Self.sessionID(parameters)
+        let claims = try await authenticate(request)
+        guard let receipt = try await dispatcher.forget(id, owner: claims.owner) else { throw GatewayError.notFound }
+        _ = try? await sessions.connection.send([
+            "ZREM", RedisArgument(sessions.keys.ownerSessions(claims.owner)), RedisArgument(id.rawValue),
+        ])
+        return Self.json(.ok, ["forgotten": true, "encrypted": .bool(receipt.encrypted)])
     }
 
     func touch(_ request: Request, _ parameters: Parameters) async throws -> Response {

@@ -48,6 +48,12 @@ public struct GatewayError: Error, Sendable, CustomStringConvertible {
             case .invalidOptions: return GatewayError(.badRequest, "invalid_options", e.message)
             case .invalidOwner: return GatewayError(.badRequest, "invalid_owner", e.message)
             case .invalidArgument, .invalidConfiguration: return GatewayError(.badRequest, "invalid_argument", e.message)
+            case .keyUnavailable, .sessionEncrypted:
+                return GatewayError(
+                    .serviceUnavailable, "key_unavailable",
+                    "the session's data is encrypted under a key this gateway does not have: its keyring must be updated")
+            case .sealedDataInvalid:
+                return GatewayError(.internalServerError, "sealed_data_invalid", "the session's encrypted data does not open")
             default: return GatewayError(.internalServerError, "internal_error", "the request failed")
             }
         case let e as RedisServerError where e.prefix == "OOM":

@@ -6,11 +6,17 @@ import StepwiseRedis
 public struct GatewayStore: Sendable {
     public let connection: RedisConnection
     public let keys: KeySpace
+    /// The keyring that opens encrypted sessions' state and events.
+    public let sealer: (any SessionSealer)?
 
-    public init(connection: RedisConnection, keys: KeySpace) {
+    public init(connection: RedisConnection, keys: KeySpace, sealer: (any SessionSealer)? = nil) {
         self.connection = connection
         self.keys = keys
+        self.sealer = sealer
     }
+
+    /// Reads sessions with this store's connection and keyring.
+    var sessions: SessionStore { SessionStore(connection: connection, keys: keys, sealer: sealer) }
 
     /// Revokes a token (and its tickets) until `until` (seconds since 1970, its expiry).
     ///
@@ -44,11 +50,18 @@ public struct GatewayStore: Sendable {
         let reply = try await connection.send(["ZREVRANGE", RedisArgument(key), 0, RedisArgument(max(0, limit - 1))])
             .throwingServerError()
         let ids = (reply.array ?? []).compactMap { $0.string }.compactMap { try? SessionID($0) }
-        let store = SessionStore(connection: connection, keys: keys)
+        let store = sessions
         var result: [SessionSnapshot] = []
         var gone: [RedisArgument] = []
         for id in ids {
-            if let s = try await store.session(id), s.owner == owner {
+            let snapshot: SessionSnapshot?
+            do {
+                snapshot = try await store.session(id)
+            } catch let e as StepwiseError where e.code == .keyUnavailable || e.code == .sealedDataInvalid {
+                // Encrypted under a key this gateway lacks: left out of the list, kept in the index.
+                continue
+            }
+            if let s = snapshot, s.owner == owner {
                 result.append(s)
             } else {
                 gone.append(RedisArgument(id.rawValue))
@@ -105,7 +118,7 @@ public struct GatewayStore: Sendable {
             "XRANGE", RedisArgument(keys.events(id)), RedisArgument("(" + after.description),
             RedisArgument(through?.description ?? "+"), "COUNT", RedisArgument(count),
         ]).throwingServerError()
-        return (reply.array ?? []).compactMap { StepEvent(entry: $0, session: id.rawValue) }
+        return try await sessions.opened((reply.array ?? []).compactMap { StepEvent(entry: $0, session: id.rawValue) }, of: id)
     }
 }
 

@@ -52,11 +52,13 @@ public enum Ledger {
     ///   - numbering: how step numbers of completed steps must run (default 1...N).
     ///   - allowFailedSteps: whether `step.failed` events are tolerated (never for plain ledgers).
     ///   - requireEmptyInbox: whether the session's inbox must be empty (everything accepted ran).
+    ///   - sealer: the keyring that opens encrypted sessions' state.
     /// - Returns: the report; `report.isClean` when the ledger holds.
     /// - Throws: ``RedisError`` when Redis cannot be read.
     public static func check(
         keys: KeySpace, conn: RedisConnection, sessions: [SessionID], expected: [SessionID: [JSONValue]],
-        numbering: StepNumbering = .contiguous, allowFailedSteps: Bool = false, requireEmptyInbox: Bool = true
+        numbering: StepNumbering = .contiguous, allowFailedSteps: Bool = false, requireEmptyInbox: Bool = true,
+        sealer: (any SessionSealer)? = nil
     ) async throws -> Report {
         var report = Report()
         for id in sessions {
@@ -65,14 +67,23 @@ public enum Ledger {
                 continue
             }
             let replies = try await conn.pipeline([
-                ["HMGET", RedisArgument(keys.session(id)), "status", "steps", "version", "state"],
+                ["HMGET", RedisArgument(keys.session(id)), "status", "steps", "version", "state", "dk"],
                 ["LLEN", RedisArgument(keys.inbox(id))],
                 ["XRANGE", RedisArgument(keys.events(id)), "-", "+", "COUNT", 100_000],
             ])
             for r in replies { try r.throwingServerError() }
             let fields = replies[0].array ?? []
-            guard fields.count == 4, let stateBytes = fields[3].bytes else {
+            guard fields.count == 5, let storedState = fields[3].string else {
                 report.problems.append("\(id): session hash is missing (or has no state)")
+                continue
+            }
+            // An encrypted session's state opens with its data key (`sealer`).
+            let stateBytes: [UInt8]
+            do {
+                let cipher = try SealedText.cipher(sealer, session: id, wrappedKey: fields[4].string)
+                stateBytes = Array(try SealedText.open(storedState, as: .state, with: cipher, session: id.rawValue).utf8)
+            } catch {
+                report.problems.append("\(id): state does not open: \(error)")
                 continue
             }
             let events = (replies[2].array ?? []).compactMap { StepEvent(entry: $0) }

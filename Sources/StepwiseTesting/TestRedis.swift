@@ -189,12 +189,12 @@ public func runTool(
 
 /// Runs an in-process ``Worker`` while `body` runs, then shuts it down gracefully and waits.
 public func withRunningWorker<T: Sendable>(
-    keys: KeySpace, agents: AgentRegistry, configuration: Worker.Configuration,
+    keys: KeySpace, agents: AgentRegistry, configuration: Worker.Configuration, sealer: (any SessionSealer)? = nil,
     _ body: () async throws -> T
 ) async throws -> T {
     let worker = Worker(
         configuration: configuration, redis: .init(endpoint: try TestRedis.endpoint), keys: keys, agents: agents,
-        logger: Logger(label: "test.worker"))
+        logger: Logger(label: "test.worker"), sealer: sealer)
     let group = ServiceGroup(
         configuration: .init(services: [.init(service: worker)], gracefulShutdownSignals: [], logger: Logger(label: "test")))
     return try await withThrowingTaskGroup(of: Void.self) { tasks in

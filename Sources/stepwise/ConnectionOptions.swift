@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import StepwiseCore
+import StepwiseEncryption
 import StepwiseRedis
 
 /// Connection and namespace options shared by every subcommand.
@@ -26,6 +27,13 @@ struct ConnectionOptions: ParsableArguments {
             valueName: "path"))
     var passwordFileFlag: String?
 
+    @Option(
+        name: .customLong("keyring-file"),
+        help: ArgumentHelp(
+            "File holding the encryption keyring (default: $STEPWISE_KEYRING_FILE, else the keyring text in $STEPWISE_KEYRING). Without a keyring, session data is stored in plain text (docs/SECURITY.md).",
+            valueName: "path"))
+    var keyringFileFlag: String?
+
     @Option(help: "Key namespace: every key starts with '<namespace>:' (env STEPWISE_NAMESPACE).")
     var namespace: String = ProcessInfo.processInfo.environment["STEPWISE_NAMESPACE"] ?? "sw"
 
@@ -49,7 +57,40 @@ struct ConnectionOptions: ParsableArguments {
         return nil
     }
 
+    /// The keyring file: `--keyring-file`, else `$STEPWISE_KEYRING_FILE` (when not empty).
+    var keyringFile: String? {
+        if let keyringFileFlag { return keyringFileFlag }
+        if let env = ProcessInfo.processInfo.environment["STEPWISE_KEYRING_FILE"], !env.isEmpty { return env }
+        return nil
+    }
+
+    /// The configured keyring: from the file, else from `$STEPWISE_KEYRING`; `nil` for none.
+    /// Errors name the source and what is wrong, never key material.
+    func loadKeyring() throws -> Keyring? {
+        if let path = keyringFile {
+            let flag = "--keyring-file (or STEPWISE_KEYRING_FILE) \(path)"
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+                throw ValidationError("\(flag) does not exist (`stepwise keys generate --id <id> --file <path>` makes one)")
+            }
+            guard !isDirectory.boolValue else { throw ValidationError("\(flag) is a directory, not a file") }
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw ValidationError("\(flag) is not readable by this user")
+            }
+            guard let text = String(data: data, encoding: .utf8) else { throw ValidationError("\(flag) is not UTF-8 text") }
+            do { return try Keyring(parsing: text, source: flag) } catch { throw ValidationError(error.message) }
+        }
+        if let text = ProcessInfo.processInfo.environment["STEPWISE_KEYRING"], !text.isEmpty {
+            do { return try Keyring(parsing: text, source: "STEPWISE_KEYRING") } catch { throw ValidationError(error.message) }
+        }
+        return nil
+    }
+
+    /// The sealer of the configured keyring (validated in ``validate()``); `nil`: plain text.
+    func makeSealer() -> KeyringSealer? { (try? loadKeyring()).flatMap { $0.map { KeyringSealer(keyring: $0) } } }
+
     func validate() throws {
+        _ = try loadKeyring()
         _ = try resolvedEndpoint()
         do { _ = try KeySpace(namespace: namespace) } catch { throw ValidationError("--namespace: \(error)") }
         if let logLevel, Logger.Level(rawValue: logLevel) == nil {
@@ -103,6 +144,11 @@ struct ConnectionOptions: ParsableArguments {
     var childEnvironment: [String: String] {
         var env = ["REDIS_URL": redisURL]
         if let passwordFile { env["REDIS_PASSWORD_FILE"] = passwordFile }
+        if let keyringFile {
+            env["STEPWISE_KEYRING_FILE"] = keyringFile
+        } else if let text = ProcessInfo.processInfo.environment["STEPWISE_KEYRING"], !text.isEmpty {
+            env["STEPWISE_KEYRING"] = text
+        }
         return env
     }
 

@@ -99,7 +99,8 @@ struct GatewayCommand: AsyncParsableCommand {
         }
         let gateway = Gateway(
             connection: command, keys: connection.keys, tokens: tokens, hub: hub,
-            configuration: .init(agentNames: names, maxSubscriptionsPerOwner: maxSubscriptionsPerOwner), logger: logger)
+            configuration: .init(agentNames: names, maxSubscriptionsPerOwner: maxSubscriptionsPerOwner), logger: logger,
+            sealer: connection.makeSealer())
         let router = Router(context: BasicWebSocketRequestContext.self)
         var metricsServer: MetricsServer?
         if let metricsListen {

@@ -9,6 +9,8 @@ import StepwiseTesting
 struct LoadTestRound {
     let params: LoadTestParameters
     let connection: ConnectionOptions
+    /// The keyring of `--keyring-file` (or the environment): sessions are encrypted when set.
+    var sealer: (any SessionSealer)? { connection.makeSealer() }
     let conn: RedisConnection
     let json: Bool
     /// The redis-server `--start-redis` started (for `--chaos redis-restart`), if any.
@@ -41,7 +43,8 @@ struct LoadTestRound {
         }
 
         let filler = params.inputBytes > 0 ? String(repeating: "x", count: params.inputBytes) : nil
-        let dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn, configuration: .init(sessionTTL: .seconds(3600)))
+        let dispatcher = Dispatcher(
+            connection: conn, keys: keys, agents: .builtIn, configuration: .init(sessionTTL: .seconds(3600)), sealer: sealer)
         let counterOptions: JSONValue? = params.agent == .counter && params.stepMs > 0 ? ["ms": .int(params.stepMs)] : nil
         let sessions = params.sessions
         let total = sessions * params.steps
@@ -332,6 +335,7 @@ struct LoadTestRound {
         let steps = params.steps
         let stepMs = UInt64(params.stepMs)
         let ledger = params.agent == .counter
+        let sealer = self.sealer
         var latency = Histogram<UInt64>(highestTrackableValue: 3_600_000)
         var overhead = Histogram<UInt64>(highestTrackableValue: 3_600_000)
         var recovery = Histogram<UInt64>(highestTrackableValue: 3_600_000)
@@ -354,7 +358,7 @@ struct LoadTestRound {
             let replies = try await conn.pipeline(
                 part.flatMap { id -> [[RedisArgument]] in
                     let events: [RedisArgument] = ["XRANGE", RedisArgument(keys.events(id)), "-", "+"]
-                    return ledger ? [events, ["HGET", RedisArgument(keys.session(id)), "state"]] : [events]
+                    return ledger ? [events, ["HMGET", RedisArgument(keys.session(id)), "state", "dk"]] : [events]
                 })
             for n in part.indices {
                 let events = (replies[perSession * n].array ?? []).compactMap { StepEvent(entry: $0) }
@@ -370,7 +374,13 @@ struct LoadTestRound {
                 if ends.map(\.step) != Array(1...steps) { incompleteStreams += 1 }
                 failedSteps += ends.filter { $0.type == "step.failed" }.count
                 if ledger {
-                    let state = (try? JSONValue(parsing: replies[perSession * n + 1].bytes ?? [])) ?? .null
+                    // An encrypted session's state opens with the keyring (`--keyring-file`).
+                    let f = replies[perSession * n + 1].array ?? []
+                    let stored = f.first?.string ?? ""
+                    let text = try? SealedText.open(
+                        stored, as: .state, with: SealedText.cipher(sealer, session: part[n], wrappedKey: f.count > 1 ? f[1].string : nil),
+                        session: part[n].rawValue)
+                    let state = (try? JSONValue(parsing: text ?? "")) ?? .null
                     let applied = (state["inputs"]?.arrayValue ?? []).compactMap { $0["n"]?.intValue }
                     if applied != Array(0..<steps) {
                         if Set(applied).count != applied.count { duplicated = true }

@@ -35,7 +35,7 @@ struct WatchCommand: AsyncParsableCommand {
         let conn = try await connection.connect(name: "stepwise:watch", logger: logger)
         let id = try parseSessionID(session, flag: "SESSION")
         try await reportingFailures {
-            let store = SessionStore(connection: conn, keys: connection.keys)
+            let store = SessionStore(connection: conn, keys: connection.keys, sealer: connection.makeSealer())
             var start = from
             // A resume point the stream no longer has (trimmed, a re-created session) or never had
             // (a future id) is said out loud: never a silent gap.
@@ -78,7 +78,9 @@ struct StatusCommand: AsyncParsableCommand {
         let logger = connection.makeLogger()
         let conn = try await connection.connect(name: "stepwise:status", logger: logger)
         let id = try parseSessionID(session, flag: "SESSION")
-        let snapshot = try await reportingFailures { try await SessionStore(connection: conn, keys: connection.keys).session(id) }
+        let snapshot = try await reportingFailures {
+            try await SessionStore(connection: conn, keys: connection.keys, sealer: connection.makeSealer()).session(id)
+        }
         guard let s = snapshot else {
             printError("session \(id) does not exist (or expired): check the id and --namespace")
             throw ExitCode.failure
@@ -123,7 +125,7 @@ struct SessionsCommand: AsyncParsableCommand {
         let logger = connection.makeLogger()
         let conn = try await connection.connect(name: "stepwise:sessions", logger: logger)
         let rows = try await reportingFailures {
-            try await SessionStore(connection: conn, keys: connection.keys).recentSessions(limit: limit)
+            try await SessionStore(connection: conn, keys: connection.keys, sealer: connection.makeSealer()).recentSessions(limit: limit)
         }
         if !json { try output("SESSION".padding(toLength: 40, withPad: " ", startingAt: 0) + "STATUS    STEPS  LAST ACTIVE") }
         for r in rows {
@@ -154,7 +156,9 @@ struct QueueCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = connection.makeLogger()
         let conn = try await connection.connect(name: "stepwise:queue", logger: logger)
-        let info = try await reportingFailures { try await SessionStore(connection: conn, keys: connection.keys).queueInfo() }
+        let info = try await reportingFailures {
+            try await SessionStore(connection: conn, keys: connection.keys, sealer: connection.makeSealer()).queueInfo()
+        }
         if json {
             let workers: [JSONValue] = info.workers.map {
                 [

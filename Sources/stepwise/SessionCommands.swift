@@ -106,7 +106,7 @@ struct DeadCommand: AsyncParsableCommand {
             let logger = connection.makeLogger()
             let conn = try await connection.connect(name: "stepwise:dead", logger: logger)
             let letters = try await reportingFailures {
-                try await DeadLetterQueue(connection: conn, keys: connection.keys).list(limit: limit)
+                try await DeadLetterQueue(connection: conn, keys: connection.keys, sealer: connection.makeSealer()).list(limit: limit)
             }
             if !json {
                 try output("JOB".padding(toLength: 44, withPad: " ", startingAt: 0) + "ATTEMPTS  HELD  WHEN          REASON: ERROR")
@@ -140,7 +140,7 @@ struct DeadCommand: AsyncParsableCommand {
             let logger = connection.makeLogger()
             let conn = try await connection.connect(name: "stepwise:dead", logger: logger)
             let letter = try await reportingFailures {
-                try await DeadLetterQueue(connection: conn, keys: connection.keys).show(jobID: job)
+                try await DeadLetterQueue(connection: conn, keys: connection.keys, sealer: connection.makeSealer()).show(jobID: job)
             }
             guard let d = letter else {
                 printError("job \(job) is not in the dead-letter list: see `stepwise dead list`")
@@ -193,7 +193,9 @@ struct DeadLetterTarget: ParsableArguments {
     func act(_ action: (DeadLetterQueue, String) async throws -> Void) async throws {
         let logger = connection.makeLogger()
         let conn = try await connection.connect(name: "stepwise:dead", logger: logger)
-        try await reportingFailures { try await action(DeadLetterQueue(connection: conn, keys: connection.keys), job) }
+        try await reportingFailures {
+            try await action(DeadLetterQueue(connection: conn, keys: connection.keys, sealer: connection.makeSealer()), job)
+        }
     }
 }
 

@@ -13,7 +13,7 @@ struct Stepwise: AsyncParsableCommand {
         subcommands: [
             WorkerCommand.self, SubmitCommand.self, WatchCommand.self, StatusCommand.self, SessionsCommand.self,
             QueueCommand.self, TopCommand.self, CancelCommand.self, TouchCommand.self, DeadCommand.self, LoadTestCommand.self,
-            GatewayCommand.self, TokenCommand.self,
+            GatewayCommand.self, TokenCommand.self, KeysCommand.self, ForgetCommand.self,
         ]
     )
 

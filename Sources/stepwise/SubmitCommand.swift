@@ -142,8 +142,10 @@ struct SubmitCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = connection.makeLogger()
         let conn = try await connection.connect(name: "stepwise:submit", logger: logger)
+        let sealer = connection.makeSealer()
         let dispatcher = Dispatcher(
-            connection: conn, keys: connection.keys, agents: .known(), configuration: .init(maxInputBytes: maxInputBytes))
+            connection: conn, keys: connection.keys, agents: .known(), configuration: .init(maxInputBytes: maxInputBytes),
+            sealer: sealer)
         let sessionID =
             try session.map { try parseSessionID($0, flag: "--session") }
             ?? SessionID(String(UUID().uuidString.prefix(13)).lowercased())
@@ -163,7 +165,7 @@ struct SubmitCommand: AsyncParsableCommand {
             try output("\(receipt.enqueued ? "accepted" : "duplicate of") job \(receipt.jobID) (session \(sessionID))")
         }
         guard wait else { return }
-        let store = SessionStore(connection: conn, keys: connection.keys)
+        let store = SessionStore(connection: conn, keys: connection.keys, sealer: sealer)
         var failed = false
         try await reportingFailures {
             try await follow(store: store, session: sessionID, from: "0", json: json) { event in

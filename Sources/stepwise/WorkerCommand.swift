@@ -5,6 +5,7 @@ import ServiceLifecycle
 import StepwiseAgents
 import StepwiseCore
 import StepwiseMetrics
+import StepwiseEncryption
 import StepwiseRedis
 import UnixSignals
 
@@ -151,6 +152,10 @@ struct WorkerCommand: AsyncParsableCommand {
                 "--log-payloads is on: step inputs, states, results and errors go to the logs",
                 metadata: ["stepwise.masked_fields": .string(payloads.maskedFields.joined(separator: ","))])
         }
+        let sealer = connection.makeSealer()
+        if let sealer {
+            logger.info("encryption at rest on", metadata: ["stepwise.active_key": .string(sealer.activeKeyID)])
+        }
         let agents = AgentRegistry.known(llm: llmConfiguration).loggingPayloads(payloads)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var metrics: WorkerMetrics?
@@ -162,7 +167,7 @@ struct WorkerCommand: AsyncParsableCommand {
         }
         let worker = Worker(
             configuration: config, redis: connection.redisConfiguration(name: "stepwise"), keys: connection.keys,
-            agents: agents, logger: logger, metrics: metrics)
+            agents: agents, logger: logger, metrics: metrics, sealer: sealer)
         if let metricsListen, let export, let (host, port) = MetricsServer.parseAddress(metricsListen) {
             // Listed first: graceful shutdown stops services in reverse order, so probes and
             // /metrics keep answering (readiness: 503) while running steps finish.

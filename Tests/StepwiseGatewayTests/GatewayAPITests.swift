@@ -14,8 +14,46 @@ struct GatewayAPITests {
     static let v1Routes: [(String, String)] = [
         ("POST", "/v1/sessions"), ("GET", "/v1/sessions"), ("GET", "/v1/sessions/{id}"), ("POST", "/v1/sessions/{id}/steps"),
         ("POST", "/v1/sessions/{id}/cancel"), ("POST", "/v1/sessions/{id}/touch"), ("POST", "/v1/sessions/{id}/tickets"),
-        ("GET", "/v1/sessions/{id}/events"), ("GET", "/v1/sessions/{id}/ws"),
+        ("GET", "/v1/sessions/{id}/events"), ("GET", "/v1/sessions/{id}/ws"), ("DELETE", "/v1/sessions/{id}"),
     ]
+
+    @Test func deleteForgetsTheOwnersEncryptedSessionAndNobodyElses() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gw-keyring-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let keyring = dir + "/keyring.json"
+        let made = try await runBinary(["keys", "generate", "--id", "gw1", "--file", keyring])
+        #expect(made.status == 0, "\(made.stderr)")
+        let gw = try await GatewayHarness(
+            workers: 1, gatewayArguments: ["--keyring-file", keyring], workerArguments: ["--keyring-file", keyring])
+        defer { gw.stop() }
+        let alice = try gw.token("alice")
+        let bob = try gw.token("bob")
+        let marker = "SECRET-topic-" + UUID().uuidString.prefix(8)
+        let created = try await gw.request(
+            "POST", "/v1/sessions", token: alice, body: #"{"agent":"quiz","input":{"topic":"\#(marker)","questions":1}}"#)
+        let id = try #require(created.json["session"]?.stringValue)
+        let done = try await eventually(timeout: .seconds(30), interval: .milliseconds(100)) {
+            try await gw.request("GET", "/v1/sessions/\(id)", token: alice).json["status"]?.stringValue == "done"
+        }
+        #expect(done)
+        let shown = try await gw.request("GET", "/v1/sessions/\(id)", token: alice)
+        #expect(shown.json.jsonString.contains(marker), "the owner reads the state through the gateway: \(shown.json)")
+        let conn = try TestRedis.connection()
+        let stored = try await conn.send(["HGET", RedisArgument(gw.keys.session(try SessionID(id))), "state"]).string ?? ""
+        #expect(stored.hasPrefix(SealedText.prefix) && !stored.contains(marker), "stored sealed")
+
+        let theirs = try await gw.request("DELETE", "/v1/sessions/\(id)", token: bob)
+        #expect(theirs.status == 404 && theirs.json["error"]?["code"]?.stringValue == "session_not_found")
+        let mine = try await gw.request("DELETE", "/v1/sessions/\(id)", token: alice)
+        #expect(mine.status == 200 && mine.json["forgotten"] == true && mine.json["encrypted"] == true, "\(mine)")
+        #expect(try await gw.request("GET", "/v1/sessions/\(id)", token: alice).status == 404)
+        #expect(try await gw.request("DELETE", "/v1/sessions/\(id)", token: alice).status == 404)
+        let list = try await gw.request("GET", "/v1/sessions", token: alice)
+        #expect(list.json["sessions"]?.arrayValue?.isEmpty == true, "\(list.json)")
+        #expect(try await conn.send(["EXISTS", RedisArgument(gw.keys.session(try SessionID(id)))]).int == 0)
+        await conn.close()
+    }
 
     @Test func everyEndpointAnswers401WithoutAValidToken() async throws {
         let gw = try await GatewayHarness(workers: 0)

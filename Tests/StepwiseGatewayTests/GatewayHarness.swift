@@ -18,7 +18,9 @@ final class GatewayHarness: Sendable {
 
     var base: String { "http://127.0.0.1:\(port)" }
 
-    init(workers count: Int = 1, gatewayArguments: [String] = [], logLevel: String = "info") async throws {
+    init(workers count: Int = 1, gatewayArguments: [String] = [], workerArguments extra: [String] = [], logLevel: String = "info")
+        async throws
+    {
         let binary = try #require(TestRedis.binary)
         let url = try #require(TestRedis.url)
         keys = try TestRedis.uniqueKeys()
@@ -49,7 +51,7 @@ final class GatewayHarness: Sendable {
         let up = started != nil
         port = started?.0 ?? 0
         gateway = try started?.1 ?? ChildProcess(binary: "/bin/true", arguments: [])
-        let workerArguments = ["worker", "--concurrency", "4"] + common
+        let workerArguments = ["worker", "--concurrency", "4"] + common + extra
         workers = try (0..<(up ? count : 0)).map { _ in try ChildProcess(binary: binary, arguments: workerArguments) }
         try #require(up, "gateway answers /healthz: \(lastOutput.suffix(800))")
     }

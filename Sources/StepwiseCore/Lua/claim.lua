@@ -7,7 +7,7 @@
 -- ARGV[6] active-session limit (0 = none)  ARGV[7] with job id '': how many jobs to take (1-1000)
 -- Returns, for a given job id: {'skip', jid}, {'unregistered', jid}, or the claim
 -- {'run', jid, sid, agent, options, state, version, step, attempt, input, holder, submitted,
---  max attempts, failures, quarantined}. For job id '': a list of such replies, one per job taken
+--  max attempts, failures, quarantined, wrapped data key ('' = not encrypted)}. For job id '': a list of such replies, one per job taken
 -- from `ready` (up to ARGV[7]; empty when `ready` is empty; it stops at 'unregistered').
 local P = prefix_arg(ARGV[1])
 local worker = worker_arg(ARGV[2])

@@ -15,6 +15,9 @@
 -- ARGV[6] holder token  ARGV[7] outcome  ARGV[8] state JSON  ARGV[9] payload (next input,
 -- result, reason or error)  ARGV[10] fetch next ('1'|'0')  ARGV[11] active-session limit
 -- ARGV[12] retry delay ms  ARGV[13] dead-letter reason  ARGV[14] attempts to record on a dead letter ('')
+-- ARGV[15] the payload's second copy ('' or absent = ARGV[9]): a continuation's input (jobs hash)
+--   or a dead letter's `dead_error` (session hash). An encrypting worker seals each copy for its
+--   own field, so the event's copy does not open as the other.
 -- Returns {'ok'|'retry'|'dead'|'cancelled'|'stale', event id, version, next claim or nil}.
 local P = prefix_arg(ARGV[1])
 local worker = worker_arg(ARGV[2])
@@ -29,6 +32,8 @@ local delay = int_arg(ARGV[12], 'retry delay', 0)
 int_arg(ARGV[14], 'dead attempts', 0, nil, true)
 need(string.sub(holder, 1, #worker + 1) == worker .. '/', 'invalid_argument', 'holder token does not belong to worker ' .. worker)
 need(KEYS[1] == P .. 'ready' and KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'keys do not belong to worker ' .. worker)
+local second = ARGV[15]
+if second == nil or second == '' then second = ARGV[9] end
 local k = session_keys(P, sid)
 local result
 -- Keys this call may create, sealed with the session's expiry: the stream (an event), and the
@@ -70,7 +75,7 @@ else
   elseif outcome == 'dead' then
     if ARGV[14] ~= '' then attempt = ARGV[14] end
     redis.call('HSET', k.session, 'holder', '', 'status', 'failed', 'active', now, 'blocked', jid, 'committed', holder .. '=dead',
-      'dead_reason', ARGV[13], 'dead_error', ARGV[9], 'dead_attempts', attempt, 'dead_at', now)
+      'dead_reason', ARGV[13], 'dead_error', second, 'dead_attempts', attempt, 'dead_at', now)
     redis.call('ZADD', P .. 'dead', now, sid)
     redis.call('HINCRBY', P .. 'stats', 'dead', 1)
     local eid = event(k, maxlen, 'type', 'step.dead', 'job', jid, 'step', tonumber(cur[3]) + 1,
@@ -89,9 +94,9 @@ else
       local nseq = next_seq(P)
       if j[3] then
         -- A continuation inherits its submit's attempt limit.
-        redis.call('HSET', k.jobs, nseq, ARGV[9], nseq .. ':t', now, nseq .. ':m', j[3])
+        redis.call('HSET', k.jobs, nseq, second, nseq .. ':t', now, nseq .. ':m', j[3])
       else
-        redis.call('HSET', k.jobs, nseq, ARGV[9], nseq .. ':t', now)
+        redis.call('HSET', k.jobs, nseq, second, nseq .. ':t', now)
       end
       if redis.call('LPUSH', k.inbox, sid .. ':' .. nseq) == 1 then created = {k.events, k.inbox, k.jobs} end
     end

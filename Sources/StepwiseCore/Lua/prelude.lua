@@ -170,7 +170,7 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid, moved)
   local k = session_keys(P, sid)
   local j = redis.call('HMGET', k.jobs, job_fields(seq))
   local s = redis.call('HMGET', k.session, 'agent', 'options', 'state', 'version', 'steps', 'cancelled', 'blocked', 'exp', 'holder',
-    'evlast')
+    'evlast', 'dk')
   k.evlast = s[10]
   local head = redis.call('LINDEX', k.inbox, 0)
   if not moved and redis.call('EXISTS', P .. 'worker:' .. worker) == 0 then
@@ -225,5 +225,5 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid, moved)
   event(k, maxlen, 'type', 'step.started', 'job', jid, 'step', step, 'attempt', attempt, 'time', now)
   seal(s[8], {k.events})
   return {'run', jid, sid, s[1], s[2], s[3], s[4], tostring(step), tostring(attempt), j[1], holder, j[4] or '', j[5] or '',
-    j[3] or '0', j[6] or ''}
+    j[3] or '0', j[6] or '', s[11] or ''}
 end
