@@ -22,7 +22,7 @@ public struct PrometheusExport: Sendable {
         // Libraries such as Hummingbird name metrics with dots (`hb.requests`): Prometheus names
         // and label names allow only [a-zA-Z0-9_:].
         factory.nameAndLabelSanitizer = { name, labels in
-            (Self.sanitized(name), labels.map { (Self.sanitized($0.0), $0.1) })
+            (Self.metricName(name), labels.map { (Self.sanitized($0.0), $0.1) })
         }
         self.registry = registry
         self.factory = factory
@@ -30,6 +30,15 @@ public struct PrometheusExport: Sendable {
 
     /// The text exposition format (version 0.0.4) of every metric.
     public func exposition() -> String { registry.emitToString() }
+
+    /// Counters that libraries name without Prometheus's `_total` suffix (Hummingbird's
+    /// `MetricsMiddleware`); the factory's sanitizer does not see a metric's type.
+    static let counterNamesWithoutTotal: Set<String> = ["hb.requests", "hb.request.errors"]
+
+    /// A Prometheus metric name: sanitized, and `_total` on the counters listed above.
+    static func metricName(_ name: String) -> String {
+        counterNamesWithoutTotal.contains(name) ? sanitized(name) + "_total" : sanitized(name)
+    }
 
     static func sanitized(_ name: String) -> String {
         String(
