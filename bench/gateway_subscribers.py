@@ -52,7 +52,8 @@ def redis_connections():
 
 
 latencies = []
-span = [float("inf"), 0]  # earliest and latest commit time (ms) of the events measured
+span = [float("inf"), 0]
+refused_submits = {}  # status code -> count of submits not answered 202  # earliest and latest commit time (ms) of the events measured
 received = 0
 connected = 0
 errors = 0
@@ -109,11 +110,12 @@ async def driver(sessions, rate, stop_at):
         interval = n / rate
         sent = 0
         accepted = 0
+        answered = 0
         done = asyncio.Event()
 
         async def read_answers():
-            nonlocal accepted
-            while not (done.is_set() and accepted >= sent):
+            nonlocal accepted, answered
+            while not (done.is_set() and answered >= sent):
                 status = await reader.readline()
                 if not status:
                     return
@@ -125,8 +127,12 @@ async def driver(sessions, rate, stop_at):
                     if h in (b"\r\n", b""):
                         break
                 await reader.readexactly(length)
+                answered += 1
                 if b" 202 " in status:
                     accepted += 1
+                else:
+                    code = status.split(b" ")[1].decode() if b" " in status else "?"
+                    refused_submits[code] = refused_submits.get(code, 0) + 1
 
         answers = asyncio.create_task(read_answers())
         nxt = time.time() + idx * interval / n
@@ -197,7 +203,8 @@ async def main():
         # Measured from the events themselves: distinct events seen / their commit-time span.
         "events_committed_per_second": round((received / (args.subscribers / args.sessions)) / max(0.001, (span[1] - span[0]) / 1000), 1),
         "submit_seconds": round(elapsed - 1.0, 1),
-        "deliveries": received, "deliveries_per_second": round(received / elapsed, 1),
+        "submits_not_accepted": refused_submits,
+        "deliveries": received, "deliveries_per_second": round(received / max(0.001, (span[1] - span[0]) / 1000), 1),
         "latency_ms_p50": pct(0.50), "latency_ms_p99": pct(0.99), "latency_ms_max": round(lat[-1], 1) if lat else None,
         "gateway_rss_mb": {"before": round(base_rss / 1024, 1), "subscribed": round(idle_rss / 1024, 1), "busy": round(busy_rss / 1024, 1)},
         "gateway_redis_connections": conns,
