@@ -4,8 +4,8 @@ import Logging
 import ServiceLifecycle
 import StepwiseAgents
 import StepwiseCore
-import StepwiseMetrics
 import StepwiseEncryption
+import StepwiseMetrics
 import StepwiseRedis
 import UnixSignals
 

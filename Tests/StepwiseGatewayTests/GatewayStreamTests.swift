@@ -1,12 +1,13 @@
 import Foundation
 import HummingbirdWSClient
 import Logging
-@testable import StepwiseCore
 import StepwiseGateway
 import StepwiseRedis
 import StepwiseTesting
 import Synchronization
 import Testing
+
+@testable import StepwiseCore
 
 @Suite(
     "gateway: live events over SSE and WebSocket",

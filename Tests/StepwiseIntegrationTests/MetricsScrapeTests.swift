@@ -212,7 +212,8 @@ struct GatewayMetricsTests {
         let metrics = try await MetricsScrapeTests.get("http://127.0.0.1:\(metricsPort)/metrics")
         #expect(metrics.code == 200)
         #expect(
-            metrics.body.contains("hb_requests_total") && metrics.body.contains("http_server_request_duration"), "\(metrics.body.prefix(2000))")
+            metrics.body.contains("hb_requests_total") && metrics.body.contains("http_server_request_duration"),
+            "\(metrics.body.prefix(2000))")
         // Every metric name is a valid Prometheus name (dots replaced).
         for line in metrics.body.split(separator: "\n") where !line.hasPrefix("#") {
             let name = line.prefix { $0 != "{" && $0 != " " }
