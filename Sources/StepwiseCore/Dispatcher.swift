@@ -1,5 +1,6 @@
 import Foundation
 import StepwiseRedis
+import Synchronization
 
 /// One step to submit.
 public struct Submission: Sendable, Hashable {
@@ -77,6 +78,9 @@ public struct Dispatcher: Sendable {
     /// The keyring: with one, a new session gets its own data key and every input, option and
     /// initial state is sealed with it; without one, sessions are stored in plain text.
     public let sealer: (any SessionSealer)?
+    /// The wrapped data keys of encrypted sessions this dispatcher (or a copy) submitted to, so a
+    /// later submit is sealed once with the right key instead of being refused and sent again.
+    private let knownKeys = KnownKeys()
 
     /// Creates a dispatcher.
     ///
@@ -163,7 +167,9 @@ public struct Dispatcher: Sendable {
                 }
                 do {
                     if let sealer {
-                        let key = try batchKeys[sid] ?? BatchKey(cipher: try sealer.makeKey(for: a.session), fresh: true)
+                        let key =
+                            try batchKeys[sid] ?? knownKey(a.session, sealer: sealer)
+                            ?? BatchKey(cipher: try sealer.makeKey(for: a.session), fresh: true)
                         batchKeys[sid] = key
                         if let cipher = key.cipher {
                             a = try Self.sealed(a, with: cipher)
@@ -185,8 +191,14 @@ public struct Dispatcher: Sendable {
                 for (i, reply) in zip(sent, replies) {
                     guard let stored = Self.storedKey(in: reply), let session = prepared[i]?.session else {
                         results[i] = Self.receipt(from: reply)
+                        if case .success = results[i], let sid = prepared[i]?.session.rawValue,
+                            let wrapped = batchKeys[sid]?.cipher?.wrappedKey
+                        {
+                            knownKeys.remember(wrapped, for: sid)
+                        }
                         continue
                     }
+                    knownKeys.forget(session.rawValue)
                     pending.append(i)
                     guard rekeyed.insert(session.rawValue).inserted else { continue }
                     do {
@@ -208,6 +220,34 @@ public struct Dispatcher: Sendable {
             results[i] = .failure(StepwiseError(.unexpectedReply, "the session's data key kept changing during the submit: submit again"))
         }
         return results.map { $0 ?? .failure(StepwiseError(.unexpectedReply, "no reply for a submission")) }
+    }
+
+    /// The key a submit to `session` used last, if this dispatcher knows one that opens.
+    private func knownKey(_ session: SessionID, sealer: any SessionSealer) -> BatchKey? {
+        guard let wrapped = knownKeys.wrappedKey(of: session.rawValue),
+            let cipher = try? sealer.cipher(for: session, wrappedKey: wrapped)
+        else { return nil }
+        return BatchKey(cipher: cipher, fresh: false)
+    }
+
+    /// Session id → wrapped data key, shared by copies of a dispatcher. A stale entry (a
+    /// re-created, forgotten or rewrapped session) costs one refused submit, as no entry does:
+    /// the script answers the stored key and the submission is sealed again.
+    private final class KnownKeys: Sendable {
+        private let keys = Mutex<[String: String]>([:])
+        /// Past this many sessions the map starts over (a cache, not a registry).
+        static let limit = 100_000
+
+        func wrappedKey(of session: String) -> String? { keys.withLock { $0[session] } }
+
+        func remember(_ wrapped: String, for session: String) {
+            keys.withLock { k in
+                if k.count >= Self.limit { k.removeAll(keepingCapacity: true) }
+                k[session] = wrapped
+            }
+        }
+
+        func forget(_ session: String) { _ = keys.withLock { $0.removeValue(forKey: session) } }
     }
 
     /// A session's data key within one submit batch: `cipher` nil for a plain session.

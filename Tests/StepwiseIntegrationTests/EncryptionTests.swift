@@ -293,6 +293,34 @@ struct EncryptionTests {
         #expect(lacking.unreadableCount == 6 && lacking.rewrapped == 0, "\(lacking)")
     }
 
+    @Test func aDispatcherSealsASubmitToASessionItKnowsOnceWithItsKey() async throws {
+        // A private server: `INFO commandstats` counts every client's scripts.
+        let server = try await RedisServerProcess.start()
+        defer { server.terminate() }
+        let conn = RedisConnection(configuration: .init(endpoint: server.endpoint))
+        let keys = try KeySpace(namespace: "known")
+        let sealer = try Self.sealer(["k1"], active: "k1")
+        let dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn, sealer: sealer)
+        func scriptCalls() async throws -> Int {
+            let info = try await conn.send(["INFO", "commandstats"]).throwingServerError().string ?? ""
+            let line = info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("cmdstat_evalsha:") } ?? ""
+            return Int(line.split(separator: ",").first?.split(separator: "=").last ?? "") ?? 0
+        }
+        let id = try SessionID("known")
+        _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1))
+        let before = try await scriptCalls()
+        let receipts = await dispatcher.submit((2...4).map { Submission(session: id, input: .int($0)) })
+        #expect(receipts.allSatisfy { (try? $0.get()) != nil })
+        #expect(try await scriptCalls() - before == 3, "one script call per submission: none refused and sent again")
+        // A copy of the dispatcher shares what it knows; another dispatcher learns it in one refusal.
+        let other = Dispatcher(connection: conn, keys: keys, agents: .builtIn, sealer: sealer)
+        let mid = try await scriptCalls()
+        _ = try await other.submit(Submission(session: id, input: 5))
+        #expect(try await scriptCalls() - mid == 2, "refused once with the stored key, then sealed with it")
+        let store = SessionStore(connection: conn, keys: keys, sealer: sealer)
+        #expect(try await store.session(id)?.queued == 5)
+    }
+
     @Test func forgetDestroysTheDataKeyAndAllData() async throws {
         let keys = try TestRedis.uniqueKeys()
         let conn = try TestRedis.connection()
