@@ -24,7 +24,8 @@ public actor RedisConnection {
         /// How long to wait for the TCP or Unix connect.
         public var connectTimeout: Duration
         /// Socket read/write timeout for ordinary commands. Blocking commands get their block
-        /// time added on top, so the socket always outlasts the server-side block.
+        /// time plus this timeout (at least 1 s), so the socket always outlasts the
+        /// server-side block.
         public var commandTimeout: Duration
         /// First reconnect delay after a failure; doubles up to ``maxBackoff``.
         public var initialBackoff: Duration
@@ -115,6 +116,12 @@ public actor RedisConnection {
         guard let ctx = context else { throw RedisError(.io, "not connected", address: address) }
         return chiredis_fd(ctx)
     }
+
+    /// What a blocking command's socket timeout adds to its block time: the command timeout, but
+    /// never less than 1 s. Redis answers an expired block from its event loop (up to `1/hz`,
+    /// 100 ms, late), and a loaded machine adds scheduling delay on top; a shorter margin turns a
+    /// server-side timeout (a nil reply) into a socket timeout that kills the context.
+    var blockingMargin: Duration { max(configuration.commandTimeout, .seconds(1)) }
 
     /// Sends one command and returns its reply (error replies are returned, not thrown).
     ///
@@ -387,7 +394,7 @@ public actor RedisConnection {
             throw RedisError(.io, "not connected", address: address)
         }
         if let blockingFor {
-            redisSetTimeout(ctx, chiredis_timeval_ms((blockingFor + configuration.commandTimeout).milliseconds))
+            redisSetTimeout(ctx, chiredis_timeval_ms((blockingFor + blockingMargin).milliseconds))
         }
         defer {
             if blockingFor != nil, let c = context {
