@@ -28,7 +28,13 @@ public struct CounterAgent: Agent {
         let count = state["count"]?.intValue ?? 0
         let inputs = state["inputs"]?.arrayValue ?? []
         if let ms = context.options["ms"]?.intValue, ms > 0 { try await Task.sleep(for: .milliseconds(ms)) }
-        return StepResult(state: ["count": .int(count + 1), "inputs": .array(inputs + [input])], outcome: .waitForInput)
+        var next: [String: JSONValue] = ["count": .int(count + 1), "inputs": .array(inputs + [input])]
+        // Option `pad`: keep that many bytes of filler in the state (a large state, for benchmarks).
+        if let pad = context.options["pad"]?.intValue, pad > 0 {
+            next["pad"] = state["pad"].flatMap { $0.stringValue?.utf8.count == min(pad, 4_000_000) ? $0 : nil }
+                ?? .string(String(repeating: "x", count: min(pad, 4_000_000)))
+        }
+        return StepResult(state: .object(next), outcome: .waitForInput)
     }
 }
 

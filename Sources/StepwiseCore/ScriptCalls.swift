@@ -51,12 +51,13 @@ struct ScriptCalls: Sendable {
 
     /// Claims `jobID` (already moved into the worker's in-flight list); with `jobID` nil, takes up
     /// to `count` jobs from `ready` and claims each (the reply is then a list of claims).
-    func claim(worker: String, jobID: String?, now: Int64, activeLimit: Int, count: Int = 1) -> ScriptCall {
+    /// - Parameter stateAbove: a state longer than this is left out of the claim (0: always sent).
+    func claim(worker: String, jobID: String?, now: Int64, activeLimit: Int, count: Int = 1, stateAbove: Int = 0) -> ScriptCall {
         ScriptCall(
             script: Scripts.claim, keys: [RedisArgument(keys.ready), RedisArgument(keys.inflight(worker: worker))],
             arguments: [
                 prefix, RedisArgument(worker), RedisArgument(now), RedisArgument(jobID ?? ""), maxlen, RedisArgument(activeLimit),
-                RedisArgument(count),
+                RedisArgument(count), RedisArgument(stateAbove),
             ])
     }
 
@@ -75,6 +76,8 @@ struct ScriptCalls: Sendable {
         /// The payload's second copy (a continuation's input, a dead letter's error), sealed for
         /// its own field; empty: the same text as `payload`.
         var secondPayload: String = ""
+        /// For the next claim: a state longer than this is left out (0: always sent).
+        var stateAbove: Int = 0
     }
 
     func commit(_ a: CommitArguments, now: Int64) -> ScriptCall {
@@ -84,7 +87,7 @@ struct ScriptCalls: Sendable {
                 prefix, RedisArgument(a.worker), RedisArgument(now), maxlen, RedisArgument(a.jobID), RedisArgument(a.holder),
                 RedisArgument(a.outcome.rawValue), RedisArgument(a.state), RedisArgument(a.payload), a.fetchNext ? "1" : "0",
                 RedisArgument(a.activeLimit), RedisArgument(a.retryDelay.milliseconds), RedisArgument(a.deadReason),
-                RedisArgument(a.deadAttempts.map(String.init) ?? ""), RedisArgument(a.secondPayload),
+                RedisArgument(a.deadAttempts.map(String.init) ?? ""), RedisArgument(a.secondPayload), RedisArgument(a.stateAbove),
             ])
     }
 

@@ -52,6 +52,14 @@ public final class Worker: Service, Sendable {
         /// compacted: trimmed to nothing, keeping its last id, so readers resuming from before it
         /// get an explicit reset with a snapshot. `nil` never compacts.
         public var compactAfter: Duration?
+        /// Bytes of large states this worker keeps between a session's steps (as stored: sealed
+        /// for an encrypted session); 0 turns the cache off. A state longer than
+        /// ``stateCacheThreshold`` is then not sent with a claim when the worker has it at the
+        /// session's current version (docs/ARCHITECTURE.md, "State cache").
+        public var stateCacheBytes: Int = 64 << 20
+        /// States up to this many bytes always travel with their claim (they cost less than a
+        /// second round trip on a cache miss).
+        public var stateCacheThreshold: Int = 8 << 10
 
         public init(
             workerID: String = defaultWorkerID(), concurrency: Int = 8, blockTimeout: Duration = .seconds(1),
@@ -110,6 +118,8 @@ public final class Worker: Service, Sendable {
             if let compactAfter, compactAfter < .milliseconds(1) {
                 throw bad("compact-after must be at least 1 ms (or off)")
             }
+            guard stateCacheBytes >= 0 else { throw bad("state cache size must be 0 (off) or more") }
+            guard stateCacheThreshold >= 0 else { throw bad("state cache threshold must not be negative") }
         }
 
         /// The delay before retrying after failed attempt `attempt` (1-based): exponential, capped,
@@ -138,6 +148,13 @@ public final class Worker: Service, Sendable {
     let steps: RedisConnection
     /// The typed calls of the protocol's scripts.
     let scripts: ScriptCalls
+    /// Large states this worker committed, by session (``Configuration/stateCacheBytes``).
+    let stateCache: StateCache
+    /// Told when a slot may have come free (a step task ended, a solo run ended, shutdown began,
+    /// and every maintenance tick as a safety net); the fetcher waits on it when every slot is
+    /// busy, instead of polling.
+    let slotSignal: AsyncStream<Void>
+    let slotChanged: AsyncStream<Void>.Continuation
     /// The keyring that opens encrypted sessions' data keys; `nil`: this worker runs plain
     /// sessions only (an encrypted session's step is dead-lettered as `key unavailable`).
     public let sealer: (any SessionSealer)?
@@ -195,6 +212,8 @@ public final class Worker: Service, Sendable {
         stepsConfig.observer = metrics.redisObserver(role: "steps")
         self.steps = RedisConnection(configuration: stepsConfig, logger: logger)
         self.scripts = ScriptCalls(keys: keys, eventsMaxLength: configuration.eventsMaxLength)
+        (self.slotSignal, self.slotChanged) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+        self.stateCache = StateCache(capacity: configuration.stateCacheBytes)
     }
 
     var stopping: Bool { state.withLock { $0.stopping } }
@@ -277,6 +296,7 @@ public final class Worker: Service, Sendable {
             }
         } onGracefulShutdown: {
             self.state.withLock { $0.stopping = true }
+            self.slotChanged.yield()
         }
         await deregister(control)
         await steps.close()
@@ -302,6 +322,11 @@ enum Claim: Sendable {
         var claimedAt: ContinuousClock.Instant = .now
         /// The session's wrapped data key; empty for a session stored in plain text.
         var wrappedKey: String = ""
+        /// The session's incarnation (`inc`): a session created again under the same id has another.
+        var incarnation: String = ""
+        /// The claim left the state out (longer than the threshold sent): it comes from the
+        /// worker's state cache, or from Redis.
+        var stateOmitted = false
     }
     case run(Job)
     case skip(String)
@@ -329,7 +354,8 @@ enum Claim: Sendable {
                 jobID: s[1], sessionID: s[2], agent: s[3], options: s[4], state: s[5], version: Int(s[6]) ?? 0,
                 step: Int(s[7]) ?? 0, attempt: Int(s[8]) ?? 0, input: s[9], holder: s[10], submittedAt: Int64(s[11]),
                 maxAttempts: Int(s[12]), failures: Int(s[13]) ?? 0, quarantined: !s[14].isEmpty,
-                wrappedKey: s.count > 15 ? s[15] : ""))
+                wrappedKey: s.count > 15 ? s[15] : "", incarnation: s.count > 16 ? s[16] : "",
+                stateOmitted: s.count > 17 && s[17] == "1"))
     }
 }
 

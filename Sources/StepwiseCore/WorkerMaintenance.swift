@@ -44,6 +44,7 @@ extension Worker {
         var cancelSeq = start
         while !Task.isCancelled {
             do { try await Task.sleep(for: tick) } catch { return }
+            slotChanged.yield()
             do {
                 if ContinuousClock.now - lastBeat >= beatEvery {
                     lastBeat = .now

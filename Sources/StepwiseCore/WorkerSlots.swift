@@ -16,8 +16,9 @@ extension Worker {
         await withTaskGroup(of: Void.self) { stepTasks in
             var poll = true
             var failures = 0
+            var slotChanges = slotSignal.makeAsyncIterator()
             while !Task.isCancelled, !stopping {
-                let free = await freeSlots()
+                let free = await freeSlots(&slotChanges)
                 guard free > 0 else { break }
                 do {
                     var claimed: [Claim.Job] = []
@@ -53,13 +54,14 @@ extension Worker {
 
     /// Free slots, once there is at least one and no quarantined step is waiting to run alone (0
     /// when the worker stops or is cancelled).
-    private func freeSlots() async -> Int {
+    private func freeSlots(_ changes: inout AsyncStream<Void>.Iterator) async -> Int {
         while !Task.isCancelled, !stopping {
             let free = state.withLock { s in
                 (!s.soloQueue.isEmpty || s.soloRunning) ? 0 : configuration.concurrency - s.busy
             }
             if free > 0 { return free }
-            do { try await Task.sleep(for: .milliseconds(2)) } catch { return 0 }
+            // nil: this task was cancelled.
+            guard await changes.next() != nil else { return 0 }
         }
         return 0
     }
@@ -70,7 +72,7 @@ extension Worker {
         let reply = try await steps.run(
             scripts.claim(
                 worker: workerID, jobID: nil, now: Dispatcher.nowMillis(), activeLimit: configuration.maxActiveSessions,
-                count: count),
+                count: count, stateAbove: stateAbove),
             coalesced: true)
         state.withLock { $0.redisFull = false }
         var jobs: [Claim.Job] = []
@@ -105,7 +107,9 @@ extension Worker {
         var keep = false
         defer { if !keep { state.withLock { _ = $0.active.remove(jid) } } }
         let reply = try await steps.run(
-            scripts.claim(worker: workerID, jobID: jid, now: Dispatcher.nowMillis(), activeLimit: configuration.maxActiveSessions),
+            scripts.claim(
+                worker: workerID, jobID: jid, now: Dispatcher.nowMillis(), activeLimit: configuration.maxActiveSessions,
+                stateAbove: stateAbove),
             coalesced: true)
         state.withLock { $0.redisFull = false }
         switch Claim(reply) {
@@ -147,7 +151,10 @@ extension Worker {
         leaveBusy()
     }
 
-    func leaveBusy() { state.withLock { $0.busy -= 1 } }
+    func leaveBusy() {
+        state.withLock { $0.busy -= 1 }
+        slotChanged.yield()
+    }
 
     /// What a worker commits for a step.
     struct Outcome {
@@ -175,11 +182,19 @@ extension Worker {
             state.withLock { _ = $0.active.remove(sealedJob.jobID) }
             metrics.finished(jobID: sealedJob.jobID)
         }
+        // One assignment, not four: a handler may format its metadata on every change
+        // (swift-log's StreamLogHandler does), and this runs once per step.
         var log = logger
-        log[metadataKey: LogKeys.jobID] = .string(sealedJob.jobID)
-        log[metadataKey: LogKeys.sessionID] = .string(sealedJob.sessionID)
-        log[metadataKey: LogKeys.step] = .stringConvertible(sealedJob.step)
-        log[metadataKey: LogKeys.attempt] = .stringConvertible(sealedJob.attempt)
+        var metadata = log.handler.metadata
+        metadata[LogKeys.jobID] = .string(sealedJob.jobID)
+        metadata[LogKeys.sessionID] = .string(sealedJob.sessionID)
+        metadata[LogKeys.step] = .stringConvertible(sealedJob.step)
+        metadata[LogKeys.attempt] = .stringConvertible(sealedJob.attempt)
+        log.handler.metadata = metadata
+
+        // A large state the claim left out: from the cache, or read here.
+        var sealedJob = sealedJob
+        if sealedJob.stateOmitted { sealedJob.state = try await omittedState(of: sealedJob) }
 
         // An encrypted session's documents open with its data key, or the step does not run.
         let cipher: (any SessionCipher)?
@@ -203,7 +218,12 @@ extension Worker {
         let maxAttempts = job.maxAttempts ?? agent?.maxAttempts ?? configuration.maxAttempts
         let outcome: Outcome
         var solo = false
-        defer { if solo { state.withLock { $0.soloRunning = false } } }
+        defer {
+            if solo {
+                state.withLock { $0.soloRunning = false }
+                slotChanged.yield()
+            }
+        }
         if job.failures >= maxAttempts {
             // Its worker crashed while running it alone, as often as attempts allow: never run it again.
             outcome = Outcome(
@@ -221,6 +241,29 @@ extension Worker {
             outcome = ran
         }
         return try await commit(job, outcome: outcome, cipher: cipher, fetchNext: !solo, logger: log)
+    }
+
+    /// What claims ask of the state cache: leave out states longer than the threshold (0 when
+    /// the cache is off: every claim carries its state).
+    var stateAbove: Int { configuration.stateCacheBytes > 0 ? max(1, configuration.stateCacheThreshold) : 0 }
+
+    /// The state a claim left out (as stored): the cached one at the claim's incarnation and
+    /// version, or else read from the session hash, which this worker's claim holds: no commit
+    /// can change it meanwhile.
+    ///
+    /// - Throws: ``StepwiseError`` when the session no longer has this claim (it was removed or
+    ///   created again): the step is not run, and the orphan scan releases its entry.
+    func omittedState(of job: Claim.Job) async throws -> String {
+        if let state = stateCache.state(session: job.sessionID, incarnation: job.incarnation, version: job.version) {
+            return state
+        }
+        let key = keys.session(try SessionID(job.sessionID))
+        let reply = try await steps.send(["HMGET", RedisArgument(key), "state", "holder", "inc", "version"]).throwingServerError()
+        let f = (reply.array ?? []).map { $0.string }
+        guard f.count == 4, let state = f[0], f[1] == job.holder, (f[2] ?? "") == job.incarnation, f[3] == String(job.version) else {
+            throw StepwiseError(.unexpectedReply, "session \(job.sessionID) no longer holds this claim: its state was not read")
+        }
+        return state
     }
 
     /// The job with its input, options and state opened (as they are for a plain session).
@@ -276,6 +319,7 @@ extension Worker {
                 s.soloQueue.removeAll { $0 == job.jobID }
                 s.busy += 1
             }
+            slotChanged.yield()
             throw error
         }
         do {
@@ -286,6 +330,7 @@ extension Worker {
                 coalesced: true)
         } catch {
             state.withLock { $0.soloRunning = false }
+            slotChanged.yield()
             throw error
         }
     }
@@ -441,7 +486,7 @@ extension Worker {
                     worker: workerID, jobID: job.jobID, holder: job.holder, outcome: outcome.kind, state: sealed.state,
                     payload: sealed.payload, fetchNext: fetchNext, activeLimit: configuration.maxActiveSessions,
                     retryDelay: outcome.retryDelay, deadReason: outcome.deadReason, deadAttempts: outcome.attempts,
-                    secondPayload: sealed.second),
+                    secondPayload: sealed.second, stateAbove: stateAbove),
                 now: Dispatcher.nowMillis())
             let reply: RESPValue
             do {
@@ -465,6 +510,7 @@ extension Worker {
             metrics.committed(
                 jobID: job.jobID, sessionID: job.sessionID, agent: job.agent, outcome: label, step: outcome.ran,
                 total: ContinuousClock.now - job.claimedAt, failed: outcome.kind == .fail && !outcome.cancelled)
+            rememberState(of: job, sealed: sealed.state, status: status, reply: parts)
             switch status {
             case "retry":
                 let due = Dispatcher.nowMillis() + outcome.retryDelay.milliseconds
@@ -485,6 +531,17 @@ extension Worker {
                 }
             }
             return nil
+        }
+    }
+
+    /// After a commit that wrote a state: keeps a large one for the session's next claim (at the
+    /// version the commit answered), and forgets the session's entry otherwise.
+    private func rememberState(of job: Claim.Job, sealed state: String, status: String, reply: [RESPValue]) {
+        guard stateAbove > 0 else { return }
+        if status == "ok", state.utf8.count > stateAbove, reply.count > 2, let version = reply[2].int ?? reply[2].string.flatMap({ Int($0) }) {
+            stateCache.remember(session: job.sessionID, incarnation: job.incarnation, version: version, state: state)
+        } else if status != "retry" {
+            stateCache.forget(session: job.sessionID)
         }
     }
 

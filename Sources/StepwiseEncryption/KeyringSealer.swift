@@ -19,8 +19,14 @@ public final class KeyringSealer: SessionSealer {
     public let cacheLimit: Int
     private let cache: Mutex<Cache>
 
+    struct CacheEntry {
+        let session: SessionID
+        let key: SymmetricKey
+        var used: UInt64
+    }
+
     struct Cache: ~Copyable {
-        var entries: [String: (key: SymmetricKey, used: UInt64)] = [:]
+        var entries: [String: CacheEntry] = [:]
         var clock: UInt64 = 0
     }
 
@@ -95,24 +101,22 @@ public final class KeyringSealer: SessionSealer {
 
     // MARK: cache
 
-    private func cacheKey(_ wrapped: String, _ session: SessionID) -> String { session.rawValue + "\u{0}" + wrapped }
-
+    // Keyed by the wrapped key alone (one hash per lookup); the entry keeps its session, since
+    // a wrapped key opens only for the session it was wrapped for.
     private func cached(_ wrapped: String, session: SessionID) -> SymmetricKey? {
-        let k = cacheKey(wrapped, session)
-        return cache.withLock { c in
-            guard let e = c.entries[k] else { return nil }
+        cache.withLock { c in
+            guard let i = c.entries.index(forKey: wrapped), c.entries.values[i].session == session else { return nil }
             c.clock += 1
-            c.entries[k] = (e.key, c.clock)
-            return e.key
+            c.entries.values[i].used = c.clock
+            return c.entries.values[i].key
         }
     }
 
     private func remember(_ wrapped: String, session: SessionID, key: SymmetricKey) {
-        let k = cacheKey(wrapped, session)
         let limit = cacheLimit
         cache.withLock { c in
             c.clock += 1
-            c.entries[k] = (key, c.clock)
+            c.entries[wrapped] = CacheEntry(session: session, key: key, used: c.clock)
             guard c.entries.count > limit else { return }
             // Evict the least recently used eighth at once, so eviction stays rare.
             let drop = max(1, c.entries.count - limit + limit / 8)
@@ -125,12 +129,21 @@ public final class KeyringSealer: SessionSealer {
         let session: SessionID
         let wrappedKey: String
         let key: SymmetricKey
+        /// `stepwise/v1`, NUL, the session id, NUL: each value's associated data before its field.
+        private let adPrefix: [UInt8]
 
-        private func ad(_ field: SealedField) -> Data { Data("stepwise/v1\u{0}\(session.rawValue)\u{0}\(field.name)".utf8) }
+        init(session: SessionID, wrappedKey: String, key: SymmetricKey) {
+            self.session = session
+            self.wrappedKey = wrappedKey
+            self.key = key
+            self.adPrefix = Array("stepwise/v1\u{0}\(session.rawValue)\u{0}".utf8)
+        }
+
+        private func ad(_ field: SealedField) -> [UInt8] { adPrefix + field.name.utf8 }
 
         func seal(_ plaintext: String, as field: SealedField) throws -> String {
             if plaintext.isEmpty { return "" }
-            let box = try AES.GCM.seal(Data(plaintext.utf8), using: key, authenticating: ad(field))
+            let box = try AES.GCM.seal(Array(plaintext.utf8), using: key, authenticating: ad(field))
             guard let combined = box.combined else { throw StepwiseError(.unexpectedReply, "AES-GCM gave no combined box") }
             return SealedText.prefix + combined.base64EncodedString()
         }
@@ -138,7 +151,7 @@ public final class KeyringSealer: SessionSealer {
         func open(_ sealed: String, as field: SealedField) throws -> String {
             guard SealedText.isSealed(sealed) else { return sealed }
             do {
-                guard let data = Data(base64Encoded: String(sealed.dropFirst(SealedText.prefix.count))) else {
+                guard let data = Data(base64Encoded: Data(sealed.utf8.dropFirst(SealedText.prefix.utf8.count))) else {
                     throw CryptoKitError.incorrectParameterSize
                 }
                 let plain = try AES.GCM.open(try AES.GCM.SealedBox(combined: data), using: key, authenticating: ad(field))

@@ -195,6 +195,11 @@ public func withRunningWorker<T: Sendable>(
     let worker = Worker(
         configuration: configuration, redis: .init(endpoint: try TestRedis.endpoint), keys: keys, agents: agents,
         logger: Logger(label: "test.worker"), sealer: sealer)
+    return try await withRunning(worker, body)
+}
+
+/// Runs `worker` while `body` runs, then shuts it down gracefully and waits.
+public func withRunning<T: Sendable>(_ worker: Worker, _ body: () async throws -> T) async throws -> T {
     let group = ServiceGroup(
         configuration: .init(services: [.init(service: worker)], gracefulShutdownSignals: [], logger: Logger(label: "test")))
     return try await withThrowingTaskGroup(of: Void.self) { tasks in

@@ -45,6 +45,9 @@ struct LoadTestCommand: AsyncParsableCommand {
     @Option(help: "Bytes of filler text in each step input (0-200000).")
     var inputBytes: Int = 0
 
+    @Option(help: "The workers' --state-cache-mb (MiB of large states kept between a session's steps; 0 turns the cache off).")
+    var stateCacheMb: Int = 64
+
     @Option(
         help: ArgumentHelp(
             "Agent that runs the steps: counter, sleep or echo.",
@@ -115,8 +118,14 @@ struct LoadTestCommand: AsyncParsableCommand {
     @Option(help: "Instead of the scaling run: measure Redis memory per idle session at these session counts, e.g. 10000,100000.")
     var memory: String?
 
-    @Option(help: "With --memory: approximate size in bytes of each session's state document (0-200000).")
-    var stateBytes: Int = 256
+    @Option(
+        help:
+            "Approximate size in bytes of each session's state document (0-200000; default 256 with --memory, else 0): the counter agent keeps that much filler in its state, as an LLM conversation has a large one."
+    )
+    var stateBytes: Int?
+
+    /// `--state-bytes`, or its default for the kind of run.
+    var stateSize: Int { stateBytes ?? (memory == nil ? 0 : 256) }
 
     @Option(
         help:
@@ -151,6 +160,8 @@ struct LoadTestCommand: AsyncParsableCommand {
         guard (1...1000).contains(concurrency) else { throw ValidationError("--concurrency must be 1-1000, got \(concurrency)") }
         guard (0...60_000).contains(stepMs) else { throw ValidationError("--step-ms must be 0-60000, got \(stepMs)") }
         guard (0...200_000).contains(inputBytes) else { throw ValidationError("--input-bytes must be 0-200000, got \(inputBytes)") }
+        guard (0...65_536).contains(stateCacheMb) else { throw ValidationError("--state-cache-mb must be 0-65536, got \(stateCacheMb)") }
+        if stateSize > 0, memory == nil, agent != "counter" { throw ValidationError("--state-bytes needs --agent counter") }
         guard LoadTestAgent(rawValue: agent) != nil else {
             throw ValidationError("--agent '\(agent)' is not supported by loadtest: use counter, sleep or echo")
         }
@@ -209,7 +220,7 @@ struct LoadTestCommand: AsyncParsableCommand {
             if killEvery != nil { throw ValidationError("--memory and --kill-every are separate runs: give one of them") }
         }
         _ = try seconds(compactAfter, flag: "--compact-after")
-        guard (0...200_000).contains(stateBytes) else { throw ValidationError("--state-bytes must be 0-200000, got \(stateBytes)") }
+        guard (0...200_000).contains(stateSize) else { throw ValidationError("--state-bytes must be 0-200000, got \(stateSize)") }
         if let out { try Self.prepareOutputDirectory(out) }
     }
 
@@ -353,6 +364,8 @@ struct LoadTestParameters: Sendable {
     var concurrency: Int
     var stepMs: Int
     var inputBytes: Int
+    var stateBytes: Int
+    var stateCacheMb: Int
     var agent: LoadTestAgent
     var rate: Double
     var timeLimit: Duration
@@ -369,6 +382,8 @@ struct LoadTestParameters: Sendable {
         concurrency = c.concurrency
         stepMs = c.stepMs
         inputBytes = c.inputBytes
+        stateBytes = c.stateSize
+        stateCacheMb = c.stateCacheMb
         agent = LoadTestAgent(rawValue: c.agent) ?? .counter
         rate = c.rate
         timeLimit = .milliseconds(Int64(c.timeLimit * 1000))
@@ -390,7 +405,8 @@ struct LoadTestParameters: Sendable {
     var json: [String: JSONValue] {
         var o: [String: JSONValue] = [
             "sessions": .int(sessions), "steps": .int(steps), "concurrency": .int(concurrency),
-            "stepMs": .int(stepMs), "inputBytes": .int(inputBytes), "agent": .string(agent.rawValue),
+            "stepMs": .int(stepMs), "inputBytes": .int(inputBytes), "stateBytes": .int(stateBytes),
+            "stateCacheMb": .int(stateCacheMb), "agent": .string(agent.rawValue),
             "rate": .double(rate), "timeLimitSeconds": .double(timeLimit.inSeconds), "external": .bool(external),
             "workers": .array(workerCounts.map { .int($0) }),
         ]

@@ -48,7 +48,7 @@ extension LoadTestCommand {
     func runMemory(conn: RedisConnection, logger: Logger) async throws -> [MemoryResult] {
         if !json {
             try output(
-                "# memory per idle session: \(connection.endpoint) (redis), counter agent, 1 step per session, state ~\(stateBytes) B, "
+                "# memory per idle session: \(connection.endpoint) (redis), counter agent, 1 step per session, state ~\(stateSize) B, "
                     + "one idempotency key per session; 2 workers x \(concurrency) slots; "
                     + (compactAfter > 0 ? "streams compacted after \(compactAfter) s idle" : "not compacted"))
             try output(
@@ -98,7 +98,7 @@ extension LoadTestCommand {
         else { throw StepwiseError(.invalidConfiguration, "the 2 worker processes did not register within 30 s") }
 
         // The state document is {"count":1,"inputs":[{"pad":"xxx…"}]}: 31 bytes + the filler.
-        let filler = String(repeating: "x", count: max(0, stateBytes - 31))
+        let filler = String(repeating: "x", count: max(0, stateSize - 31))
         let dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn, configuration: .init(sessionTTL: .seconds(3600)))
         // Load the submit script before the first reading (the script cache is server-wide).
         let warm = Dispatcher(connection: conn, keys: warmKeys, agents: .builtIn)

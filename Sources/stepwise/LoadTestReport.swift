@@ -22,6 +22,8 @@ struct RoundResult: Sendable {
     /// the part of the overhead spent inside the worker (agent, commit), without queueing.
     var claimToCommitOverheadP50: UInt64 = 0, claimToCommitOverheadP99: UInt64 = 0
     var redisCommandsPerSecond = 0.0
+    /// Bytes Redis received and sent (every client: workers, this driver) per step.
+    var bytesPerStep = 0.0
     /// Fractions of one core.
     var redisCPU = 0.0
     var workersCPU: Double?
@@ -52,7 +54,7 @@ struct RoundResult: Sendable {
             "latencyMs": ["p50": u(p50), "p90": u(p90), "p99": u(p99), "max": u(max)],
             "overheadMs": ["p50": u(overheadP50), "p99": u(overheadP99)],
             "claimToCommitOverheadMs": ["p50": u(claimToCommitOverheadP50), "p99": u(claimToCommitOverheadP99)],
-            "redisCommandsPerSecond": n(redisCommandsPerSecond), "redisCPU": n(redisCPU, 1000),
+            "redisCommandsPerSecond": n(redisCommandsPerSecond), "redisCPU": n(redisCPU, 1000), "bytesPerStep": n(bytesPerStep),
             "workersCPU": workersCPU.map { n($0, 1000) } ?? .null,
             "kills": .int(kills), "recoveredSteps": .int(recoveredSteps), "sessionsHit": .int(sessionsHit),
             "recoveryWaitMs": ["max": u(recoveryWaitMaxMs), "p50": u(recoveryWaitP50Ms)],
@@ -208,7 +210,7 @@ enum LoadTestReport {
             o["parameters"] = .object(LoadTestParameters(command: command).json)
             o["rounds"] = .array(rounds.map { .object($0.json) })
         } else {
-            o["parameters"] = ["stateBytes": .int(command.stateBytes), "concurrency": .int(command.concurrency)]
+            o["parameters"] = ["stateBytes": .int(command.stateSize), "concurrency": .int(command.concurrency)]
             o["memory"] = .array(memory.map(\.json))
         }
         return .object(o)

@@ -28,7 +28,7 @@ struct LoadTestRound {
         if !params.external {
             var args = [
                 "--namespace", keys.namespace, "--concurrency", String(params.concurrency), "--log-level", connection.logLevel ?? "error",
-                "--events-max-length", String(params.eventsMaxLength),
+                "--events-max-length", String(params.eventsMaxLength), "--state-cache-mb", String(params.stateCacheMb),
             ]
             if let ttl = params.heartbeatTTL { args += ["--heartbeat-ttl", String(ttl)] }
             if let interval = params.reaperInterval { args += ["--reaper-interval", String(interval)] }
@@ -45,7 +45,10 @@ struct LoadTestRound {
         let filler = params.inputBytes > 0 ? String(repeating: "x", count: params.inputBytes) : nil
         let dispatcher = Dispatcher(
             connection: conn, keys: keys, agents: .builtIn, configuration: .init(sessionTTL: .seconds(3600)), sealer: sealer)
-        let counterOptions: JSONValue? = params.agent == .counter && params.stepMs > 0 ? ["ms": .int(params.stepMs)] : nil
+        var counterSettings: [String: JSONValue] = [:]
+        if params.stepMs > 0 { counterSettings["ms"] = .int(params.stepMs) }
+        if params.stateBytes > 0 { counterSettings["pad"] = .int(params.stateBytes) }
+        let counterOptions: JSONValue? = params.agent == .counter && !counterSettings.isEmpty ? .object(counterSettings) : nil
         let sessions = params.sessions
         let total = sessions * params.steps
         func submission(_ i: Int) -> Submission {
@@ -247,6 +250,7 @@ struct LoadTestRound {
         let restarted = (chaos?.summary.redisRestarts ?? 0) > 0
         result.redisCommandsPerSecond = restarted ? 0 : Double(after.commands - before.commands) / elapsed
         result.redisCPU = restarted ? 0 : (after.cpu - before.cpu) / elapsed
+        result.bytesPerStep = restarted ? 0 : Double(after.bytes - before.bytes) / Double(max(1, total))
         result.workersCPU = params.external ? nil : (cpuAfter - cpuBefore) / elapsed
         return result
     }
@@ -481,9 +485,12 @@ struct LoadTestRound {
         jobID.lastIndex(of: ":").flatMap { Int(jobID[jobID.index(after: $0)...]) } ?? -1
     }
 
-    private func redisCounters() async throws -> (commands: Int, cpu: Double) {
+    private func redisCounters() async throws -> (commands: Int, cpu: Double, bytes: Int) {
         let info = try await RedisInfo.read(conn, section: "all")
-        return (info.int("total_commands_processed"), info.double("used_cpu_sys") + info.double("used_cpu_user"))
+        return (
+            info.int("total_commands_processed"), info.double("used_cpu_sys") + info.double("used_cpu_user"),
+            info.int("total_net_input_bytes") + info.int("total_net_output_bytes")
+        )
     }
 
     /// Deletes only this run's sessions: their five keys and their index entries.

@@ -66,6 +66,12 @@ struct WorkerCommand: AsyncParsableCommand {
     var compactAfter: Double = 300
 
     @Option(
+        help:
+            "MiB of large states (over 8 KiB) the worker keeps between a session's steps, so the next claim of a session whose state it committed does not carry the state again; 0 turns the cache off."
+    )
+    var stateCacheMb: Int = 64
+
+    @Option(
         help: ArgumentHelp(
             "Serve Prometheus metrics on GET /metrics, and probes on /healthz and /readyz, at this host:port (off by default).",
             valueName: "host:port"))
@@ -107,6 +113,7 @@ struct WorkerCommand: AsyncParsableCommand {
         guard maxActiveSessions >= 0 else { throw ValidationError("--max-active-sessions must be 0 (no limit) or more") }
         guard maxStateBytes >= 1024 else { throw ValidationError("--max-state-bytes must be at least 1024") }
         _ = try seconds(compactAfter, flag: "--compact-after")
+        guard (0...65_536).contains(stateCacheMb) else { throw ValidationError("--state-cache-mb must be 0 (off) to 65536, got \(stateCacheMb)") }
         if let metricsListen, MetricsServer.parseAddress(metricsListen) == nil {
             throw ValidationError("--metrics-listen '\(metricsListen)' must be host:port, like 127.0.0.1:9464")
         }
@@ -133,7 +140,7 @@ struct WorkerCommand: AsyncParsableCommand {
         // one is a usage error before anything connects.
         let llmConfiguration = try llm.configuration()
         let ttl = try seconds(heartbeatTTL, flag: "--heartbeat-ttl", min: 1)
-        let config = Worker.Configuration(
+        var config = Worker.Configuration(
             workerID: workerID ?? Worker.defaultID(), concurrency: concurrency,
             // At most half the heartbeat TTL (see Worker.Configuration.validate()).
             blockTimeout: min(.seconds(1), ttl / 2),
@@ -144,6 +151,7 @@ struct WorkerCommand: AsyncParsableCommand {
             maxRetryDelay: try seconds(maxRetryDelay, flag: "--max-retry-delay", min: retryDelay),
             maxActiveSessions: maxActiveSessions, maxStateBytes: maxStateBytes, strict: strict,
             compactAfter: compactAfter == 0 ? nil : max(.milliseconds(1), try seconds(compactAfter, flag: "--compact-after")))
+        config.stateCacheBytes = stateCacheMb << 20
         // Fail fast, with one clear line, when Redis is unreachable or refuses these credentials.
         try await probeRedis(logger: logger)
         let payloads = payloadLogging

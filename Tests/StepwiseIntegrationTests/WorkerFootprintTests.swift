@@ -13,7 +13,8 @@ import Testing
     .timeLimit(.minutes(2))
 )
 struct WorkerFootprintTests {
-    /// At `--concurrency 1000`, running 400 steps at once, a worker holds at most 4 Redis
+    /// At `--concurrency 1000`, running 400 one-second steps at once (long enough that a loaded
+    /// machine still has hundreds in flight together), a worker holds at most 4 Redis
     /// connections and at most 4 threads of its own (its connections' threads).
     @Test func aThousandSlotsUseFourConnectionsAndFourThreads() async throws {
         let keys = try TestRedis.uniqueKeys()
@@ -25,7 +26,7 @@ struct WorkerFootprintTests {
         let dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn)
         let sessions = try (0..<400).map { try SessionID("fp-\($0)") }
         _ = try await dispatcher.submit(
-            sessions.flatMap { s in (0..<3).map { Submission(session: s, agent: "sleep", input: ["ms": 400, "n": .int($0)]) } }
+            sessions.flatMap { s in (0..<3).map { Submission(session: s, agent: "sleep", input: ["ms": 1000, "n": .int($0)]) } }
         ).receipts()
         var maxRunning = 0
         var maxConnections = 0

@@ -18,6 +18,8 @@
 -- ARGV[15] the payload's second copy ('' or absent = ARGV[9]): a continuation's input (jobs hash)
 --   or a dead letter's `dead_error` (session hash). An encrypting worker seals each copy for its
 --   own field, so the event's copy does not open as the other.
+-- ARGV[16] for the next claim: a state longer than this many bytes is not sent ('' or absent =
+--   always sent; see claim.lua ARGV[8])
 -- Returns {'ok'|'retry'|'dead'|'cancelled'|'stale', event id, version, next claim or nil}.
 local P = prefix_arg(ARGV[1])
 local worker = worker_arg(ARGV[2])
@@ -30,6 +32,7 @@ oneof_arg(ARGV[10], 'fetch next', {'0', '1'})
 local limit = int_arg(ARGV[11], 'active limit', 0)
 local delay = int_arg(ARGV[12], 'retry delay', 0)
 int_arg(ARGV[14], 'dead attempts', 0, nil, true)
+local above = int_arg(ARGV[16] or '', 'state cache threshold', 0, nil, true)
 need(string.sub(holder, 1, #worker + 1) == worker .. '/', 'invalid_argument', 'holder token does not belong to worker ' .. worker)
 need(KEYS[1] == P .. 'ready' and KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'keys do not belong to worker ' .. worker)
 local second = ARGV[15]
@@ -118,7 +121,7 @@ end
 if ARGV[10] == '1' then
   if redis.call('EXISTS', P .. 'worker:' .. worker) == 1 then
     local nxt = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-    if nxt then result[4] = claim(P, KEYS[2], worker, now, maxlen, limit, nxt, true) end
+    if nxt then result[4] = claim(P, KEYS[2], worker, now, maxlen, limit, nxt, true, above) end
   end
 end
 return result

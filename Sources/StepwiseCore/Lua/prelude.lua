@@ -152,7 +152,7 @@ end
 -- `moved`: the calling script itself just moved `jid` to the tail of the list (LMOVE), after it
 -- checked the heartbeat; nothing can have come between, so the list and heartbeat checks are
 -- skipped, and a path that does not claim removes just that one entry.
-local function claim(P, inflight, worker, now, maxlen, limit, jid, moved)
+local function claim(P, inflight, worker, now, maxlen, limit, jid, moved, above)
   if not moved and redis.call('LREM', inflight, 0, jid) == 0 then
     redis.call('HINCRBY', P .. 'stats', 'stale_claims', 1)
     return {'skip', jid}
@@ -170,7 +170,7 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid, moved)
   local k = session_keys(P, sid)
   local j = redis.call('HMGET', k.jobs, job_fields(seq))
   local s = redis.call('HMGET', k.session, 'agent', 'options', 'state', 'version', 'steps', 'cancelled', 'blocked', 'exp', 'holder',
-    'evlast', 'dk')
+    'evlast', 'dk', 'inc')
   k.evlast = s[10]
   local head = redis.call('LINDEX', k.inbox, 0)
   if not moved and redis.call('EXISTS', P .. 'worker:' .. worker) == 0 then
@@ -224,6 +224,10 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid, moved)
   redis.call('HSET', k.session, 'status', 'running', 'holder', holder, 'active', now)
   event(k, maxlen, 'type', 'step.started', 'job', jid, 'step', step, 'attempt', attempt, 'time', now)
   seal(s[8], {k.events})
-  return {'run', jid, sid, s[1], s[2], s[3], s[4], tostring(step), tostring(attempt), j[1], holder, j[4] or '', j[5] or '',
-    j[3] or '0', j[6] or '', s[11] or ''}
+  -- A state longer than `above` bytes stays here (the worker has it cached at this version, or
+  -- reads it with HGET); the incarnation tells a re-created session's version 1 from the old one's.
+  local state, omitted = s[3], ''
+  if above and above > 0 and #state > above then state, omitted = '', '1' end
+  return {'run', jid, sid, s[1], s[2], state, s[4], tostring(step), tostring(attempt), j[1], holder, j[4] or '', j[5] or '',
+    j[3] or '0', j[6] or '', s[11] or '', s[12] or '', omitted}
 end
