@@ -47,6 +47,22 @@ for w in sorted(plain):
         runs = lambda xs: ", ".join(f"{x:.0f}" for x in xs)
         print(f"workers {w}: plain {runs(plain[w])} (median {p:.0f}) steps/s, encrypted {runs(enc[w])} (median {e:.0f}) steps/s, ratio {e / p:.2f}")
 PY
+# Large states (an LLM conversation's): steps/s and bytes Redis moved per step (in + out, every
+# client), with the workers' state cache on (default 64 MiB, states over 8 KiB) and off.
+echo "## large states: counter, ${BIG_SESSIONS:-100} sessions x ${BIG_STEPS:-20} steps, 2 workers, state cache on and off"
+for size in 1024 65536 204800; do
+  for cache in 64 0; do
+    "$bin" loadtest --redis "redis://127.0.0.1:$port" --workers 2 --sessions "${BIG_SESSIONS:-100}" --steps "${BIG_STEPS:-20}" \
+      --concurrency 32 --state-bytes "$size" --state-cache-mb "$cache" --out "$dir/big-$size-$cache" >/dev/null
+    python3 - "$dir/big-$size-$cache/results.json" "$size" "$cache" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["rounds"][0]
+checks = sum(r["checks"].values())
+print(f"state {int(sys.argv[2]) // 1024:>3} KiB, cache {'on ' if sys.argv[3] != '0' else 'off'}: {r['stepsPerSecond']:7.0f} steps/s, "
+      f"{r['bytesPerStep'] / 1024:8.1f} KiB moved per step, redis cpu {r['redisCPU'] * 100:3.0f} %, check failures {checks}")
+PY
+  done
+done
 if [ "${SCALING:-0}" = 1 ]; then
   echo "## stepwise loadtest: scaling run (scripts/loadtest.sh)"
   REDIS_URL="redis://127.0.0.1:$port" WORKERS=1,2,4,8 SESSIONS=800 STEPS=40 STEP_MS=50 CONCURRENCY=50 scripts/loadtest.sh

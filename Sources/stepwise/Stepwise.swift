@@ -4,6 +4,8 @@ import Logging
 import StepwiseAgents
 import StepwiseCore
 import StepwiseRedis
+import Synchronization
+import UnixSignals
 
 @main
 struct Stepwise: AsyncParsableCommand {
@@ -26,6 +28,12 @@ struct Stepwise: AsyncParsableCommand {
         // restart) would raise SIGPIPE, whose default action kills the process. Ignored, the
         // write fails with EPIPE and the connection reconnects like after any I/O error.
         signal(SIGPIPE, SIG_IGN)
+        // A worker traps SIGTERM and SIGINT before anything else, so one that comes while it is
+        // still starting stops it gracefully (WorkerCommand.run()), not by the default action.
+        if CommandLine.arguments.dropFirst().first == "worker" {
+            let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+            WorkerCommand.earlySignals.withLock { $0 = signals }
+        }
         for i in 1..<Int(CommandLine.argc) {
             guard let raw = CommandLine.unsafeArgv[i], String(validatingCString: raw) != nil else {
                 printError("argument \(i) is not valid UTF-8: pass text in UTF-8 (JSON escapes like \\u00e9 work in --input)")

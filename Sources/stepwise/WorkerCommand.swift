@@ -7,6 +7,7 @@ import StepwiseCore
 import StepwiseEncryption
 import StepwiseMetrics
 import StepwiseRedis
+import Synchronization
 import UnixSignals
 
 struct WorkerCommand: AsyncParsableCommand {
@@ -134,8 +135,40 @@ struct WorkerCommand: AsyncParsableCommand {
         await probe.close()
     }
 
+    /// SIGTERM and SIGINT, trapped by `Stepwise.main()` before the arguments are parsed.
+    static let earlySignals = Mutex<UnixSignalsSequence?>(nil)
+
     func run() async throws {
+        // SIGTERM and SIGINT are trapped from here on (from main, see earlySignals), before anything connects: a signal that
+        // comes while the worker is still starting stops it gracefully too (exit 0), never by
+        // the default action.
+        let trapped = Self.earlySignals.withLock { $0 }
+        let signals: UnixSignalsSequence
+        if let trapped { signals = trapped } else { signals = await UnixSignalsSequence(trapping: .sigterm, .sigint) }
+        let control = SignalControl()
         let logger = connection.makeLogger(label: "stepwise.worker", defaultLevel: .info)
+        // The first signal starts the graceful shutdown (at once, or as soon as the service group
+        // exists). A second one cancels the worker: running steps are cancelled and released to
+        // the front of their sessions (an agent that ignores cancellation is covered by the
+        // reaper after a third signal exits the process).
+        let escalation = Task {
+            for await _ in signals {
+                let (count, group, run) = control.state.withLock { s in
+                    s.signals += 1
+                    return (s.signals, s.group, s.run)
+                }
+                if count == 1 {
+                    await group?.triggerGracefulShutdown()
+                } else if count == 2 {
+                    logger.warning("second signal: stopping now, unfinished steps go back to their sessions")
+                    run?.cancel()
+                } else {
+                    logger.warning("third signal: exiting at once; the reaper will recover in-flight steps")
+                    _exit(1)
+                }
+            }
+        }
+        defer { escalation.cancel() }
         // The llm agent's endpoint and key (read from the key file or the environment) first: a bad
         // one is a usage error before anything connects.
         let llmConfiguration = try llm.configuration()
@@ -184,27 +217,15 @@ struct WorkerCommand: AsyncParsableCommand {
         }
         services.append(.init(service: worker))
         let group = ServiceGroup(
-            configuration: .init(
-                services: services, gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [], logger: logger))
-        // ServiceLifecycle starts the graceful shutdown on the first SIGTERM/SIGINT. A second one
-        // cancels the worker at once: running steps are cancelled and released to the front of
-        // their sessions (an agent that ignores cancellation is covered by the reaper after a
-        // third signal exits the process).
-        let run = Task { try await group.run() }
-        let escalation = Task {
-            var count = 0
-            for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) {
-                count += 1
-                if count == 2 {
-                    logger.warning("second signal: stopping now, unfinished steps go back to their sessions")
-                    run.cancel()
-                } else if count >= 3 {
-                    logger.warning("third signal: exiting at once; the reaper will recover in-flight steps")
-                    _exit(1)
-                }
-            }
+            configuration: .init(services: services, gracefulShutdownSignals: [], cancellationSignals: [], logger: logger))
+        let signalled = control.state.withLock { s in
+            s.group = group
+            return s.signals > 0
         }
-        defer { escalation.cancel() }
+        // A signal before the group existed: the group starts, and shuts down gracefully at once.
+        if signalled { await group.triggerGracefulShutdown() }
+        let run = Task { try await group.run() }
+        control.state.withLock { $0.run = run }
         try await reportingFailures { try await refusingBadCredentials { try await run.value } }
     }
 
@@ -231,4 +252,16 @@ struct WorkerCommand: AsyncParsableCommand {
             throw Self.configurationFailure
         }
     }
+}
+
+/// What the worker command's signal task needs from its main flow: the service group and its run
+/// task, once they exist, and how many signals came.
+private final class SignalControl: Sendable {
+    struct State {
+        var group: ServiceGroup?
+        var run: Task<Void, any Error>?
+        var signals = 0
+    }
+
+    let state = Mutex(State())
 }

@@ -147,6 +147,27 @@ struct EndToEndTests {
         #expect(first.contains(expected), "stderr: \(r.stderr)")
     }
 
+    @Test func aWorkerSignalledWhileStartingStillStopsCleanly() async throws {
+        // SIGTERM at several moments of start-up (parsing, the Redis probe, registration): each
+        // worker stops gracefully and exits 0, never killed by the signal's default action.
+        let keys = try TestRedis.uniqueKeys()
+        let binary = try #require(TestRedis.binary)
+        let url = try #require(TestRedis.url)
+        let delays = [100, 150, 200, 300, 400, 600]
+        var workers: [ChildProcess] = []
+        defer { for w in workers where w.isRunning { w.signal(SIGKILL) } }
+        for (i, ms) in delays.enumerated() {
+            let w = try ChildProcess(
+                binary: binary, arguments: ["worker", "--redis", url, "--namespace", keys.namespace, "--worker-id", "early-\(i)"])
+            workers.append(w)
+            try await Task.sleep(for: .milliseconds(ms))
+            w.signal(SIGTERM)
+        }
+        for (w, ms) in zip(workers, delays) {
+            #expect(await w.wait(timeout: .seconds(15)) == 0, "SIGTERM after \(ms) ms: exit 0\n\(w.output.suffix(500))")
+        }
+    }
+
     @Test func childProcessesStartWithDefaultSignalSettings() async throws {
         // The test runner blocks or ignores some signals; its children must not inherit that.
         let child = try ChildProcess(binary: "/bin/sleep", arguments: ["30"])
