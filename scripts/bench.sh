@@ -11,7 +11,9 @@ trap cleanup EXIT
 port=$(scripts/redis-local.sh start "$dir")
 echo "# $(date -u +%Y-%m-%dT%H:%MZ)  $(uname -srm)  $(nproc) cores  $(redis-server --version | cut -d' ' -f3)  redis on 127.0.0.1:$port"
 echo "## redis-benchmark (50 clients, 200000 requests each)"
-redis-benchmark -h 127.0.0.1 -p "$port" -q -c 50 -n 200000 -t set,get,lpush,rpop | tr '\r' '\n' | grep -E 'requests per second' || true
+rb=$(redis-benchmark -h 127.0.0.1 -p "$port" -q -c 50 -n 200000 -t set,get,lpush,rpop | tr '\r' '\n' | grep -E 'requests per second' || true)
+echo "$rb"
+set_rps=$(echo "$rb" | awk '/^SET:/ {print $2}')
 echo "## redis-benchmark pipelined (-P 16)"
 redis-benchmark -h 127.0.0.1 -p "$port" -q -c 50 -n 1000000 -P 16 -t set,get | tr '\r' '\n' | grep -E 'requests per second' || true
 # Encryption at rest is measured in the same run: the same workload plain, then with a keyring.
@@ -31,9 +33,9 @@ for i in $(seq 1 "$rounds"); do
   load --out "$dir/encrypted$i" --keyring-file "$dir/keyring.json"
 done
 echo "## encryption cost: median encrypted steps/s / median plain steps/s over $rounds alternating rounds (target >= 0.90)"
-python3 - "$dir" "$rounds" <<'PY'
+python3 - "$dir" "$rounds" "${set_rps:-0}" <<'PY'
 import json, statistics, sys
-base, rounds = sys.argv[1], int(sys.argv[2])
+base, rounds, set_rps = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 def rates(kind):
     out = {}
     for i in range(1, rounds + 1):
@@ -46,6 +48,17 @@ for w in sorted(plain):
         p, e = statistics.median(plain[w]), statistics.median(enc[w])
         runs = lambda xs: ", ".join(f"{x:.0f}" for x in xs)
         print(f"workers {w}: plain {runs(plain[w])} (median {p:.0f}) steps/s, encrypted {runs(enc[w])} (median {e:.0f}) steps/s, ratio {e / p:.2f}")
+# Issue 13's ratios, from the plain rounds (the median round by steps/s).
+print("## throughput as ratios (plain rounds; issue 13 targets: >= 0.18 x SET/s, <= 12 commands per step)")
+for w in sorted(plain):
+    rows = []
+    for i in range(1, rounds + 1):
+        rows += [r for r in json.load(open(f"{base}/plain{i}/results.json")).get("rounds") or [] if r["workers"] == w]
+    r = sorted(rows, key=lambda r: r["stepsPerSecond"])[len(rows) // 2]
+    s = r["stepsPerSecond"]
+    ratio = f"{s / set_rps:.3f} x redis-benchmark SET/s ({set_rps:.0f})" if set_rps > 0 else "no SET/s figure"
+    print(f"workers {w}: {s:.0f} steps/s = {ratio}, {r['redisCommandsPerSecond'] / s:.1f} Redis commands per step, "
+          f"Redis CPU {r['redisCPU'] * 1000 / s:.3f} s per 1,000 steps")
 PY
 # Large states (an LLM conversation's): steps/s and bytes Redis moved per step (in + out, every
 # client), with the workers' state cache on (default 64 MiB, states over 8 KiB) and off.
