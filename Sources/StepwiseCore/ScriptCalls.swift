@@ -78,6 +78,8 @@ struct ScriptCalls: Sendable {
         var secondPayload: String = ""
         /// For the next claim: a state longer than this is left out (0: always sent).
         var stateAbove: Int = 0
+        /// With `fetchNext`: claim the session's own next job, when this commit releases one.
+        var sticky = false
     }
 
     func commit(_ a: CommitArguments, now: Int64) -> ScriptCall {
@@ -88,6 +90,7 @@ struct ScriptCalls: Sendable {
                 RedisArgument(a.outcome.rawValue), RedisArgument(a.state), RedisArgument(a.payload), a.fetchNext ? "1" : "0",
                 RedisArgument(a.activeLimit), RedisArgument(a.retryDelay.milliseconds), RedisArgument(a.deadReason),
                 RedisArgument(a.deadAttempts.map(String.init) ?? ""), RedisArgument(a.secondPayload), RedisArgument(a.stateAbove),
+                a.sticky ? "1" : "",
             ])
     }
 

@@ -129,10 +129,15 @@ extension Worker {
     /// the slot is busy throughout.
     private func runChain(_ first: Claim.Job) async {
         var next: Claim.Job? = first
+        // Steps of one session in a row on this slot (sticky claims of a large state's session).
+        var streak = 0
+        var previous = ""
         while let job = next {
             next = nil
+            streak = job.sessionID == previous ? streak + 1 : 0
+            previous = job.sessionID
             do {
-                let result = try await process(job)
+                let result = try await process(job, sticky: streak < Self.stickyLimit)
                 if case .run(let n)? = result { next = n }
             } catch is CancellationError {
                 break
@@ -175,7 +180,12 @@ extension Worker {
     /// Runs one claimed step and commits it; returns the next claim when the commit brought one.
     /// The job is in `active` from its claim (the fetcher or the last commit put it there) until
     /// this returns.
-    private func process(_ sealedJob: Claim.Job) async throws -> Claim? {
+    /// Most steps of one session a slot runs in a row by claiming them sticky (see ``process(_:sticky:)``).
+    static let stickyLimit = 16
+
+    /// - Parameter sticky: when this step's state is large enough to be cached, its commit may
+    ///   claim the session's own next job (so it finds the state here) instead of `ready`'s head.
+    private func process(_ sealedJob: Claim.Job, sticky: Bool) async throws -> Claim? {
         state.withLock { _ = $0.active.insert(sealedJob.jobID) }
         metrics.started(jobID: sealedJob.jobID, agent: sealedJob.agent)
         defer {
@@ -240,7 +250,7 @@ extension Worker {
             ran.ran = ContinuousClock.now - start
             outcome = ran
         }
-        return try await commit(job, outcome: outcome, cipher: cipher, fetchNext: !solo, logger: log)
+        return try await commit(job, outcome: outcome, cipher: cipher, fetchNext: !solo, sticky: sticky, logger: log)
     }
 
     /// What claims ask of the state cache: leave out states longer than the threshold (0 when
@@ -474,7 +484,8 @@ extension Worker {
     /// sent again until Redis answers: the script recognises its own token and answers the same
     /// status without applying twice.
     private func commit(
-        _ job: Claim.Job, outcome: Outcome, cipher: (any SessionCipher)?, fetchNext wantNext: Bool, logger: Logger
+        _ job: Claim.Job, outcome: Outcome, cipher: (any SessionCipher)?, fetchNext wantNext: Bool, sticky: Bool = false,
+        logger: Logger
     ) async throws -> Claim? {
         // Sealed once: a commit sent again carries the same text.
         let sealed = try Self.sealed(outcome, with: cipher)
@@ -486,7 +497,8 @@ extension Worker {
                     worker: workerID, jobID: job.jobID, holder: job.holder, outcome: outcome.kind, state: sealed.state,
                     payload: sealed.payload, fetchNext: fetchNext, activeLimit: configuration.maxActiveSessions,
                     retryDelay: outcome.retryDelay, deadReason: outcome.deadReason, deadAttempts: outcome.attempts,
-                    secondPayload: sealed.second, stateAbove: stateAbove),
+                    secondPayload: sealed.second, stateAbove: stateAbove,
+                    sticky: sticky && stateAbove > 0 && sealed.state.utf8.count > stateAbove),
                 now: Dispatcher.nowMillis())
             let reply: RESPValue
             do {

@@ -120,7 +120,7 @@ struct LoadTestCommand: AsyncParsableCommand {
 
     @Option(
         help:
-            "Approximate size in bytes of each session's state document (0-200000; default 256 with --memory, else 0): the counter agent keeps that much filler in its state, as an LLM conversation has a large one."
+            "Approximate size in bytes of each session's state document (0-4000000; default 256 with --memory, else 0): the counter agent keeps that much filler in its state, as an LLM conversation has a large one."
     )
     var stateBytes: Int?
 
@@ -220,7 +220,7 @@ struct LoadTestCommand: AsyncParsableCommand {
             if killEvery != nil { throw ValidationError("--memory and --kill-every are separate runs: give one of them") }
         }
         _ = try seconds(compactAfter, flag: "--compact-after")
-        guard (0...200_000).contains(stateSize) else { throw ValidationError("--state-bytes must be 0-200000, got \(stateSize)") }
+        guard (0...4_000_000).contains(stateSize) else { throw ValidationError("--state-bytes must be 0-4000000, got \(stateSize)") }
         if let out { try Self.prepareOutputDirectory(out) }
     }
 

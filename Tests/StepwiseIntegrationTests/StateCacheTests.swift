@@ -68,6 +68,32 @@ struct StateCacheTests {
         #expect(stats.entries == 1)
     }
 
+    @Test func queuedStepsOfLargeSessionsStayOnTheWorkerThatHasTheirState() async throws {
+        // Four large sessions with eight queued steps each, two workers of two slots: a commit
+        // claims its own session's next step (not `ready`'s head, another session's), so every
+        // step after a session's first finds the state in the cache of the worker that runs it.
+        let ids = try (0..<4).map { try SessionID("sticky-\($0)") }
+        for id in ids { _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: ["n": 1], options: ["pad": 4000])) }
+        for n in 2...8 { for id in ids { _ = try await dispatcher.submit(Submission(session: id, input: ["n": .int(n)])) } }
+        let a = try worker()
+        let b = try worker()
+        let done = try await withRunning(a) {
+            try await withRunning(b) {
+                await eventually(timeout: .seconds(30)) {
+                    var all = true
+                    for id in ids where (try? await store.session(id))?.steps != 8 { all = false }
+                    return all
+                }
+            }
+        }
+        #expect(done)
+        for id in ids { #expect(try await stored(id).inputs == Array(1...8)) }
+        let hits = a.stateCache.statistics.hits + b.stateCache.statistics.hits
+        let misses = a.stateCache.statistics.misses + b.stateCache.statistics.misses
+        #expect(misses == 0, "a: \(a.stateCache.statistics), b: \(b.stateCache.statistics)")
+        #expect(hits == 4 * 7, "a: \(a.stateCache.statistics), b: \(b.stateCache.statistics)")
+    }
+
     @Test func anEntryAtAnotherVersionOrIncarnationIsNeverUsed() async throws {
         let id = try SessionID("moved")
         _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: ["n": 1], options: ["pad": 2000]))

@@ -20,6 +20,9 @@
 --   own field, so the event's copy does not open as the other.
 -- ARGV[16] for the next claim: a state longer than this many bytes is not sent ('' or absent =
 --   always sent; see claim.lua ARGV[8])
+-- ARGV[17] '1': with fetch next, when this commit releases the session's next job, claim that job
+--   (it goes to this worker's in-flight list, not to `ready`), so the worker that has the
+--   session's state cached runs its next step ('' or absent: the next job goes to `ready`)
 -- Returns {'ok'|'retry'|'dead'|'cancelled'|'stale', event id, version, next claim or nil}.
 local P = prefix_arg(ARGV[1])
 local worker = worker_arg(ARGV[2])
@@ -33,6 +36,8 @@ local limit = int_arg(ARGV[11], 'active limit', 0)
 local delay = int_arg(ARGV[12], 'retry delay', 0)
 int_arg(ARGV[14], 'dead attempts', 0, nil, true)
 local above = int_arg(ARGV[16] or '', 'state cache threshold', 0, nil, true)
+local sticky = ARGV[17] == '1' and ARGV[10] == '1'
+local kept
 need(string.sub(holder, 1, #worker + 1) == worker .. '/', 'invalid_argument', 'holder token does not belong to worker ' .. worker)
 need(KEYS[1] == P .. 'ready' and KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'keys do not belong to worker ' .. worker)
 local second = ARGV[15]
@@ -105,7 +110,7 @@ else
     end
     local head = redis.call('LINDEX', k.inbox, 0)
     if head then
-      redis.call('RPUSH', KEYS[1], head)
+      if sticky then kept = head else redis.call('RPUSH', KEYS[1], head) end
       status = 'queued'
     elseif outcome == 'done' then status = 'done'
     elseif outcome == 'fail' then status = 'failed'
@@ -120,8 +125,17 @@ else
 end
 if ARGV[10] == '1' then
   if redis.call('EXISTS', P .. 'worker:' .. worker) == 1 then
-    local nxt = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+    local nxt
+    if kept then
+      -- As if released to `ready` and moved back at once: the claim checks it like any other.
+      redis.call('RPUSH', KEYS[2], kept)
+      nxt = kept
+    else
+      nxt = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+    end
     if nxt then result[4] = claim(P, KEYS[2], worker, now, maxlen, limit, nxt, true, above) end
+  elseif kept then
+    redis.call('RPUSH', KEYS[1], kept)
   end
 end
 return result
