@@ -213,13 +213,34 @@ enum CommitOutcome: String, Sendable {
     case `continue`, wait, done, fail, retry, dead
 }
 
-extension RedisConnection {
+/// What a worker's step tasks need from Redis: the protocol's script calls and plain commands, on
+/// a connection all of them share. ``RedisConnection`` is the real one; a test gives a scripted one,
+/// so the step runner (claim decoding, the agent's step, sealing, the commit's arguments and the
+/// reply's handling) runs without a server.
+protocol StepChannel: Sendable {
+    /// Runs a protocol script; a script error is thrown as a typed error.
+    ///
+    /// - Parameter coalesced: share the write with calls other tasks make meanwhile.
+    func run(_ call: ScriptCall, coalesced: Bool) async throws -> RESPValue
+    /// Sends one plain (non-blocking) command.
+    func command(_ arguments: [RedisArgument]) async throws -> RESPValue
+    /// Closes the connection.
+    func close() async
+}
+
+extension StepChannel {
+    func run(_ call: ScriptCall) async throws -> RESPValue { try await run(call, coalesced: false) }
+}
+
+extension RedisConnection: StepChannel {
+    func command(_ arguments: [RedisArgument]) async throws -> RESPValue { try await send(arguments) }
+
     /// Runs a protocol script and returns its reply; a script error is thrown as a typed error
     /// (``ScriptCalls/mapError(_:)``).
     ///
     /// - Parameter coalesced: share the write with calls other tasks make meanwhile
     ///   (``evalScriptCoalesced(_:keys:arguments:)``).
-    func run(_ call: ScriptCall, coalesced: Bool = false) async throws -> RESPValue {
+    func run(_ call: ScriptCall, coalesced: Bool) async throws -> RESPValue {
         let reply =
             coalesced
             ? try await evalScriptCoalesced(call.script, keys: call.keys, arguments: call.arguments)

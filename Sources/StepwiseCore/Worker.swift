@@ -145,7 +145,7 @@ public final class Worker: Service, Sendable {
     /// The connection every step's claim, commit, release and progress scripts share: calls made
     /// while it is busy go out together (``RedisConnection/evalScriptCoalesced(_:keys:arguments:)``),
     /// so a busy worker spends one write and one thread wake-up per batch of steps, not per step.
-    let steps: RedisConnection
+    let steps: any StepChannel
     /// The typed calls of the protocol's scripts.
     let scripts: ScriptCalls
     /// Large states this worker committed, by session (``Configuration/stateCacheBytes``).
@@ -193,9 +193,19 @@ public final class Worker: Service, Sendable {
     ///
     /// - Parameter metrics: where its metrics go; by default handles made with the bootstrapped
     ///   `MetricsSystem` factory (no-ops when none is).
-    public init(
+    public convenience init(
         configuration: Configuration, redis: RedisConnection.Configuration, keys: KeySpace, agents: AgentRegistry,
         logger: Logger, metrics: WorkerMetrics? = nil, sealer: (any SessionSealer)? = nil
+    ) {
+        self.init(
+            configuration: configuration, redis: redis, keys: keys, agents: agents, logger: logger, metrics: metrics,
+            sealer: sealer, steps: nil)
+    }
+
+    /// - Parameter steps: the channel the step tasks use; nil: a `steps` connection to `redis`.
+    init(
+        configuration: Configuration, redis: RedisConnection.Configuration, keys: KeySpace, agents: AgentRegistry,
+        logger: Logger, metrics: WorkerMetrics?, sealer: (any SessionSealer)?, steps: (any StepChannel)?
     ) {
         let metrics = metrics ?? WorkerMetrics(agents: agents.names)
         self.metrics = metrics
@@ -210,7 +220,7 @@ public final class Worker: Service, Sendable {
         var stepsConfig = redis
         stepsConfig.clientName = "stepwise:\(configuration.workerID):steps"
         stepsConfig.observer = metrics.redisObserver(role: "steps")
-        self.steps = RedisConnection(configuration: stepsConfig, logger: logger)
+        self.steps = steps ?? RedisConnection(configuration: stepsConfig, logger: logger)
         self.scripts = ScriptCalls(keys: keys, eventsMaxLength: configuration.eventsMaxLength)
         (self.slotSignal, self.slotChanged) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         self.stateCache = StateCache(capacity: configuration.stateCacheBytes)

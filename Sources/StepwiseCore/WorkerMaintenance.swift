@@ -16,7 +16,7 @@ extension Worker {
     /// was presumed dead (stopped, starved, cut off) and may have been reaped: it says so and
     /// carries on, registered again; what it held commits as stale.
     @discardableResult
-    func beat(_ conn: RedisConnection) async throws -> Bool {
+    func beat(_ conn: any StepChannel) async throws -> Bool {
         let status: ScriptCalls.WorkerStatus = state.withLock { $0.stopping ? .stopping : ($0.redisFull ? .oom : .ok) }
         let reply = try await conn.run(scripts.heartbeat(worker: workerID, ttl: configuration.heartbeatTTL, status: status))
         let alive = reply.int == 1

@@ -185,7 +185,7 @@ extension Worker {
 
     /// - Parameter sticky: when this step's state is large enough to be cached, its commit may
     ///   claim the session's own next job (so it finds the state here) instead of `ready`'s head.
-    private func process(_ sealedJob: Claim.Job, sticky: Bool) async throws -> Claim? {
+    func process(_ sealedJob: Claim.Job, sticky: Bool) async throws -> Claim? {
         state.withLock { _ = $0.active.insert(sealedJob.jobID) }
         metrics.started(jobID: sealedJob.jobID, agent: sealedJob.agent)
         defer {
@@ -268,7 +268,7 @@ extension Worker {
             return state
         }
         let key = keys.session(try SessionID(job.sessionID))
-        let reply = try await steps.send(["HMGET", RedisArgument(key), "state", "holder", "inc", "version"]).throwingServerError()
+        let reply = try await steps.command(["HMGET", RedisArgument(key), "state", "holder", "inc", "version"]).throwingServerError()
         let f = (reply.array ?? []).map { $0.string }
         guard f.count == 4, let state = f[0], f[1] == job.holder, (f[2] ?? "") == job.incarnation, f[3] == String(job.version) else {
             throw StepwiseError(.unexpectedReply, "session \(job.sessionID) no longer holds this claim: its state was not read")
