@@ -31,7 +31,8 @@ public struct CounterAgent: Agent {
         var next: [String: JSONValue] = ["count": .int(count + 1), "inputs": .array(inputs + [input])]
         // Option `pad`: keep that many bytes of filler in the state (a large state, for benchmarks).
         if let pad = context.options["pad"]?.intValue, pad > 0 {
-            next["pad"] = state["pad"].flatMap { $0.stringValue?.utf8.count == min(pad, 4_000_000) ? $0 : nil }
+            next["pad"] =
+                state["pad"].flatMap { $0.stringValue?.utf8.count == min(pad, 4_000_000) ? $0 : nil }
                 ?? .string(String(repeating: "x", count: min(pad, 4_000_000)))
         }
         return StepResult(state: .object(next), outcome: .waitForInput)

@@ -550,7 +550,9 @@ extension Worker {
     /// version the commit answered), and forgets the session's entry otherwise.
     private func rememberState(of job: Claim.Job, sealed state: String, status: String, reply: [RESPValue]) {
         guard stateAbove > 0 else { return }
-        if status == "ok", state.utf8.count > stateAbove, reply.count > 2, let version = reply[2].int ?? reply[2].string.flatMap({ Int($0) }) {
+        if status == "ok", state.utf8.count > stateAbove, reply.count > 2,
+            let version = reply[2].int ?? reply[2].string.flatMap({ Int($0) })
+        {
             stateCache.remember(session: job.sessionID, incarnation: job.incarnation, version: version, state: state)
         } else if status != "retry" {
             stateCache.forget(session: job.sessionID)

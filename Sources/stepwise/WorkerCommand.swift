@@ -114,7 +114,9 @@ struct WorkerCommand: AsyncParsableCommand {
         guard maxActiveSessions >= 0 else { throw ValidationError("--max-active-sessions must be 0 (no limit) or more") }
         guard maxStateBytes >= 1024 else { throw ValidationError("--max-state-bytes must be at least 1024") }
         _ = try seconds(compactAfter, flag: "--compact-after")
-        guard (0...65_536).contains(stateCacheMb) else { throw ValidationError("--state-cache-mb must be 0 (off) to 65536, got \(stateCacheMb)") }
+        guard (0...65_536).contains(stateCacheMb) else {
+            throw ValidationError("--state-cache-mb must be 0 (off) to 65536, got \(stateCacheMb)")
+        }
         if let metricsListen, MetricsServer.parseAddress(metricsListen) == nil {
             throw ValidationError("--metrics-listen '\(metricsListen)' must be host:port, like 127.0.0.1:9464")
         }

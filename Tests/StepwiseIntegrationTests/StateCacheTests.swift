@@ -73,7 +73,9 @@ struct StateCacheTests {
         // claims its own session's next step (not `ready`'s head, another session's), so every
         // step after a session's first finds the state in the cache of the worker that runs it.
         let ids = try (0..<4).map { try SessionID("sticky-\($0)") }
-        for id in ids { _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: ["n": 1], options: ["pad": 4000])) }
+        for id in ids {
+            _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: ["n": 1], options: ["pad": 4000]))
+        }
         for n in 2...8 { for id in ids { _ = try await dispatcher.submit(Submission(session: id, input: ["n": .int(n)])) } }
         let a = try worker()
         let b = try worker()
