@@ -177,12 +177,13 @@ extension Worker {
         var ran: Duration = .zero
     }
 
-    /// Runs one claimed step and commits it; returns the next claim when the commit brought one.
-    /// The job is in `active` from its claim (the fetcher or the last commit put it there) until
-    /// this returns.
     /// Most steps of one session a slot runs in a row by claiming them sticky (see ``process(_:sticky:)``).
     static let stickyLimit = 16
 
+    /// Runs one claimed step and commits it; returns the next claim when the commit brought one.
+    /// The job is in `active` from its claim (the fetcher or the last commit put it there) until
+    /// this returns.
+    ///
     /// - Parameter sticky: when this step's state is large enough to be cached, its commit may
     ///   claim the session's own next job (so it finds the state here) instead of `ready`'s head.
     func process(_ sealedJob: Claim.Job, sticky: Bool) async throws -> Claim? {
