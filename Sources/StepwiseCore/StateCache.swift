@@ -66,6 +66,11 @@ final class StateCache: Sendable {
         }
     }
 
+    /// The incarnation and version kept for `session`, without counting a hit or a miss (tests).
+    func peek(session: String) -> (incarnation: String, version: Int)? {
+        store.withLock { s in s.entries[session].map { ($0.incarnation, $0.version) } }
+    }
+
     /// Forgets `session`'s entry.
     func forget(session: String) {
         store.withLock { s in

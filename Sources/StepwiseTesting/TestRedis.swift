@@ -101,6 +101,15 @@ public final class ChildProcess: Sendable {
     /// Sends a signal.
     public func signal(_ sig: Int32) { kill(pid, sig) }
 
+    /// Whether the process has installed a handler for `sig` (Linux: `SigCgt` of `/proc/<pid>/status`).
+    public func catches(_ sig: Int32) -> Bool {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("SigCgt:") }),
+            let mask = UInt64(line.dropFirst("SigCgt:".count).trimmingCharacters(in: .whitespaces), radix: 16)
+        else { return false }
+        return mask & (1 << UInt64(sig - 1)) != 0
+    }
+
     /// Whether the process still runs (reaps it when it has exited).
     public var isRunning: Bool { exitStatus == nil }
 

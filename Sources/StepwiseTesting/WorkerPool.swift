@@ -87,6 +87,13 @@ public final class WorkerPool: Sendable {
     @discardableResult
     public func stopAll(timeout: Duration = .seconds(15)) async -> [String: Int32?] {
         var result: [String: Int32?] = [:]
+        // A worker started a moment ago (a restart after a crash) may not have reached `main`,
+        // where it traps SIGTERM, and the default action would kill it: wait, bounded, until it has.
+        for member in running {
+            _ = await eventually(timeout: .seconds(5), interval: .milliseconds(10)) {
+                !member.process.isRunning || member.process.catches(SIGTERM)
+            }
+        }
         for member in running { member.process.signal(SIGTERM) }
         for member in all { result[member.id] = await member.process.stop(timeout: timeout) }
         return result

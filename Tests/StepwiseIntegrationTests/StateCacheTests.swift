@@ -102,6 +102,10 @@ struct StateCacheTests {
         let w = try worker()
         let forged = #"{"count":100,"inputs":[],"pad":""}"#
         func seed(version: Int, incarnation: String) async throws {
+            // The worker keeps its own commit's state just after Redis has it: wait for that
+            // first, so the forged entry is not overwritten by it.
+            let now = try await current().version
+            #expect(await eventually(timeout: .seconds(10)) { w.stateCache.peek(session: id.rawValue)?.version == now })
             w.stateCache.remember(session: id.rawValue, incarnation: incarnation, version: version, state: forged)
         }
         func current() async throws -> (version: Int, inc: String) {
