@@ -15,18 +15,10 @@ import Testing
     .enabled(if: TestRedis.url != nil, "needs STEPWISE_TEST_REDIS_URL: run `make test`"),
     .timeLimit(.minutes(2))
 )
-struct CompactionTests {
-    let keys: KeySpace
-    let conn: RedisConnection
-    let dispatcher: Dispatcher
-    let store: SessionStore
+struct CompactionTests: EngineSuite {
+    let engine: EngineFixture
 
-    init() throws {
-        keys = try TestRedis.uniqueKeys()
-        conn = try TestRedis.connection()
-        dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn)
-        store = SessionStore(connection: conn, keys: keys)
-    }
+    init() throws { engine = try EngineFixture() }
 
     var scripts: ScriptCalls { ScriptCalls(keys: keys, eventsMaxLength: 100) }
 

@@ -11,18 +11,10 @@ import Testing
     .enabled(if: TestRedis.url != nil, "needs STEPWISE_TEST_REDIS_URL: run `make test`"),
     .timeLimit(.minutes(3))
 )
-struct EngineTests {
-    let keys: KeySpace
-    let conn: RedisConnection
-    let dispatcher: Dispatcher
-    let store: SessionStore
+struct EngineTests: EngineSuite {
+    let engine: EngineFixture
 
-    init() throws {
-        keys = try TestRedis.uniqueKeys()
-        conn = try TestRedis.connection()
-        dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn)
-        store = SessionStore(connection: conn, keys: keys)
-    }
+    init() throws { engine = try EngineFixture() }
 
     func workerConfig(_ id: String = "w-\(UUID().uuidString.prefix(8))", concurrency: Int = 4) -> Worker.Configuration {
         Worker.Configuration(workerID: id, concurrency: concurrency, blockTimeout: .milliseconds(200), grace: .seconds(5))

@@ -10,18 +10,10 @@ import Testing
     .enabled(if: TestRedis.url != nil, "needs STEPWISE_TEST_REDIS_URL: run `make test`"),
     .timeLimit(.minutes(2))
 )
-struct OwnerRuleTests {
-    let keys: KeySpace
-    let conn: RedisConnection
-    let dispatcher: Dispatcher
-    let store: SessionStore
+struct OwnerRuleTests: EngineSuite {
+    let engine: EngineFixture
 
-    init() throws {
-        keys = try TestRedis.uniqueKeys()
-        conn = try TestRedis.connection()
-        dispatcher = Dispatcher(connection: conn, keys: keys, agents: .builtIn)
-        store = SessionStore(connection: conn, keys: keys)
-    }
+    init() throws { engine = try EngineFixture() }
 
     @Test func aSubmitWithoutTheOwnerIsRefusedAndChangesNeitherTTLNorOptions() async throws {
         let id = try SessionID("owned")
