@@ -118,10 +118,13 @@ public actor RedisConnection {
     }
 
     /// What a blocking command's socket timeout adds to its block time: the command timeout, but
-    /// never less than 1 s. Redis answers an expired block from its event loop (up to `1/hz`,
-    /// 100 ms, late), and a loaded machine adds scheduling delay on top; a shorter margin turns a
-    /// server-side timeout (a nil reply) into a socket timeout that kills the context.
-    var blockingMargin: Duration { max(configuration.commandTimeout, .seconds(1)) }
+    /// never less than 5 s. Redis answers an expired block from its event loop, and that loop
+    /// stalls: up to `1/hz` (100 ms) normally, and for seconds when an AOF `write` waits behind a
+    /// busy disk's `fsync` ("Asynchronous AOF fsync is taking too long"). CI showed a 1 s margin
+    /// running out on a loaded machine. A margin too short turns a server-side timeout (a nil
+    /// reply) into a socket timeout that kills the context; a long one only delays noticing a
+    /// server that vanished without closing the socket, which TCP keep-alive also covers.
+    var blockingMargin: Duration { max(configuration.commandTimeout, .seconds(5)) }
 
     /// Sends one command and returns its reply (error replies are returned, not thrown).
     ///

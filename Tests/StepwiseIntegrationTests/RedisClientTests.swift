@@ -77,7 +77,7 @@ struct RedisClientTests {
 
     @Test func blockingCommandOutlastsTheSocketTimeout() async throws {
         // Socket timeout 200 ms, block 600 ms: the socket timeout is raised for the block (by the
-        // block plus at least 1 s, so a loaded machine's late answer still fits), so the pop times
+        // block plus at least 5 s, so a loaded machine's late answer still fits), so the pop times
         // out server-side (nil) and the connection survives.
         var config = RedisConnection.Configuration(endpoint: try TestRedis.endpoint, commandTimeout: .milliseconds(200))
         config.clientName = "blocker"
