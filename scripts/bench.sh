@@ -61,17 +61,24 @@ for w in sorted(plain):
           f"Redis CPU {r['redisCPU'] * 1000 / s:.3f} s per 1,000 steps")
 PY
 # Large states (an LLM conversation's): steps/s and bytes Redis moved per step (in + out, every
-# client), with the workers' state cache on (default 64 MiB, states over 8 KiB) and off.
-echo "## large states: counter, ${BIG_SESSIONS:-100} sessions x ${BIG_STEPS:-20} steps, 2 workers, state cache on and off"
+# client), with the workers' state cache on (default 64 MiB, states over 8 KiB) and off, and with
+# the cache and --state-deltas (commits carry only what changed).
+echo "## large states: counter, ${BIG_SESSIONS:-100} sessions x ${BIG_STEPS:-20} steps, 2 workers: state cache off, on, on with deltas"
 for size in 1024 65536 204800; do
-  for cache in 64 0; do
+  for mode in off on delta; do
+    case $mode in
+      off) flags=(--state-cache-mb 0) ;;
+      on) flags=(--state-cache-mb 64) ;;
+      delta) flags=(--state-cache-mb 64 --state-deltas) ;;
+    esac
     "$bin" loadtest --redis "redis://127.0.0.1:$port" --workers 2 --sessions "${BIG_SESSIONS:-100}" --steps "${BIG_STEPS:-20}" \
-      --concurrency 32 --state-bytes "$size" --state-cache-mb "$cache" --out "$dir/big-$size-$cache" >/dev/null
-    python3 - "$dir/big-$size-$cache/results.json" "$size" "$cache" <<'PY'
+      --concurrency 32 --state-bytes "$size" "${flags[@]}" --out "$dir/big-$size-$mode" >/dev/null
+    python3 - "$dir/big-$size-$mode/results.json" "$size" "$mode" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))["rounds"][0]
 checks = sum(r["checks"].values())
-print(f"state {int(sys.argv[2]) // 1024:>3} KiB, cache {'on ' if sys.argv[3] != '0' else 'off'}: {r['stepsPerSecond']:7.0f} steps/s, "
+label = {"off": "cache off", "on": "cache on ", "delta": "+ deltas "}[sys.argv[3]]
+print(f"state {int(sys.argv[2]) // 1024:>3} KiB, {label}: {r['stepsPerSecond']:7.0f} steps/s, "
       f"{r['bytesPerStep'] / 1024:8.1f} KiB moved per step, redis cpu {r['redisCPU'] * 100:3.0f} %, check failures {checks}")
 PY
   done

@@ -80,6 +80,8 @@ struct ScriptCalls: Sendable {
         var stateAbove: Int = 0
         /// With `fetchNext`: claim the session's own next job, when this commit releases one.
         var sticky = false
+        /// `state` is only the changed middle of the stored state (see ``StateDelta``); nil: the whole state.
+        var delta: StateDelta?
     }
 
     func commit(_ a: CommitArguments, now: Int64) -> ScriptCall {
@@ -90,7 +92,7 @@ struct ScriptCalls: Sendable {
                 RedisArgument(a.outcome.rawValue), RedisArgument(a.state), RedisArgument(a.payload), a.fetchNext ? "1" : "0",
                 RedisArgument(a.activeLimit), RedisArgument(a.retryDelay.milliseconds), RedisArgument(a.deadReason),
                 RedisArgument(a.deadAttempts.map(String.init) ?? ""), RedisArgument(a.secondPayload), RedisArgument(a.stateAbove),
-                a.sticky ? "1" : "",
+                a.sticky ? "1" : "", RedisArgument(a.delta.map { "\($0.prefix) \($0.suffix) \($0.version)" } ?? ""),
             ])
     }
 

@@ -83,3 +83,51 @@ final class StateCache: Sendable {
         store.withLock { ($0.hits, $0.misses, $0.entries.count, $0.bytes) }
     }
 }
+
+/// A large state's commit as the part that changed: the new state is the stored one's first
+/// `prefix` bytes, then the middle the commit carries, then its last `suffix` bytes. An LLM
+/// conversation grows by a message at a time, so the middle is that message, not the whole
+/// conversation (docs/ARCHITECTURE.md, "State cache").
+struct StateDelta: Sendable, Equatable {
+    /// Bytes kept from the start of the stored state.
+    var prefix: Int
+    /// Bytes kept from its end.
+    var suffix: Int
+    /// The version of the stored state it applies to (the claim's).
+    var version: Int
+    /// The changed middle of the new state.
+    var middle: String
+
+    /// The delta from `old` to `new`, when the changed middle is at most half of `new`; nil
+    /// otherwise. The middle starts and ends on UTF-8 character boundaries.
+    init?(from old: String, to new: String, version: Int) {
+        var old = old
+        var new = new
+        let found: (Int, Int, String)? = old.withUTF8 { o in
+            new.withUTF8 { n in
+                let most = min(o.count, n.count)
+                var p = 0
+                while p < most, o[p] == n[p] { p += 1 }
+                var s = 0
+                while s < most - p, o[o.count - 1 - s] == n[n.count - 1 - s] { s += 1 }
+                // Back off to character boundaries (a UTF-8 continuation byte is 0b10xxxxxx).
+                while p > 0, p < n.count, n[p] & 0xC0 == 0x80 { p -= 1 }
+                while s > 0, n[n.count - s] & 0xC0 == 0x80 { s -= 1 }
+                let middle = n.count - p - s
+                guard middle * 2 <= n.count else { return nil }
+                return (p, s, String(decoding: UnsafeBufferPointer(rebasing: n[p..<(n.count - s)]), as: UTF8.self))
+            }
+        }
+        guard let (p, s, middle) = found else { return nil }
+        self.prefix = p
+        self.suffix = s
+        self.version = version
+        self.middle = middle
+    }
+
+    /// `old` with this delta applied (what the commit script computes).
+    func applied(to old: String) -> String {
+        let o = Array(old.utf8)
+        return String(decoding: o[..<prefix], as: UTF8.self) + middle + String(decoding: o[(o.count - suffix)...], as: UTF8.self)
+    }
+}

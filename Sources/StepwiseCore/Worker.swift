@@ -60,6 +60,12 @@ public final class Worker: Service, Sendable {
         /// States up to this many bytes always travel with their claim (they cost less than a
         /// second round trip on a cache miss).
         public var stateCacheThreshold: Int = 8 << 10
+        /// A commit of a large plain state (over ``stateCacheThreshold``) sends only the part
+        /// that changed, which the commit script splices into the stored state (``StateDelta``).
+        /// It cuts the bytes a step moves to a few KiB, at the cost of Redis's CPU copying the
+        /// state inside the script: a gain when Redis is across a network, a loss on one host
+        /// (docs/BENCHMARKS.md). Off by default.
+        public var stateDeltas = false
 
         public init(
             workerID: String = defaultWorkerID(), concurrency: Int = 8, blockTimeout: Duration = .seconds(1),
@@ -150,6 +156,8 @@ public final class Worker: Service, Sendable {
     let scripts: ScriptCalls
     /// Large states this worker committed, by session (``Configuration/stateCacheBytes``).
     let stateCache: StateCache
+    /// Commits that sent a large state as its changed part (``StateDelta``) and were applied.
+    let deltaCommits = Atomic<Int>(0)
     /// Told when a slot may have come free (a step task ended, a solo run ended, shutdown began,
     /// and every maintenance tick as a safety net); the fetcher waits on it when every slot is
     /// busy, instead of polling.

@@ -490,16 +490,18 @@ extension Worker {
     ) async throws -> Claim? {
         // Sealed once: a commit sent again carries the same text.
         let sealed = try Self.sealed(outcome, with: cipher)
+        // A large plain state goes back as the part that changed (a sealed one changes throughout).
+        var delta = stateDelta(job, sealedState: sealed.state, outcome: outcome, cipher: cipher)
         var failures = 0
         while true {
             let fetchNext = wantNext && !stopping && !Task.isCancelled && !soloPending
             let call = scripts.commit(
                 ScriptCalls.CommitArguments(
-                    worker: workerID, jobID: job.jobID, holder: job.holder, outcome: outcome.kind, state: sealed.state,
+                    worker: workerID, jobID: job.jobID, holder: job.holder, outcome: outcome.kind, state: delta?.middle ?? sealed.state,
                     payload: sealed.payload, fetchNext: fetchNext, activeLimit: configuration.maxActiveSessions,
                     retryDelay: outcome.retryDelay, deadReason: outcome.deadReason, deadAttempts: outcome.attempts,
                     secondPayload: sealed.second, stateAbove: stateAbove,
-                    sticky: sticky && stateAbove > 0 && sealed.state.utf8.count > stateAbove),
+                    sticky: sticky && stateAbove > 0 && sealed.state.utf8.count > stateAbove, delta: delta),
                 now: Dispatcher.nowMillis())
             let reply: RESPValue
             do {
@@ -519,6 +521,13 @@ extension Worker {
             guard let parts = reply.array, let status = parts.first?.string else {
                 throw StepwiseError(.unexpectedReply, "commit script returned \(reply)")
             }
+            if status == "delta" {
+                // The stored state is not the one the delta was made from: send it whole.
+                logger.notice("state delta did not apply: committing the whole state")
+                delta = nil
+                continue
+            }
+            if delta != nil { deltaCommits.add(1, ordering: .relaxed) }
             let label = status == "stale" ? "stale" : (outcome.cancelled ? "cancelled" : outcome.kind.rawValue)
             metrics.committed(
                 jobID: job.jobID, sessionID: job.sessionID, agent: job.agent, outcome: label, step: outcome.ran,
@@ -545,6 +554,16 @@ extension Worker {
             }
             return nil
         }
+    }
+
+    /// The delta a commit sends instead of a large state (with ``Configuration/stateDeltas``):
+    /// for a plain session's outcome that writes its state, when the stored state (the claim's)
+    /// is longer than the state cache's threshold and at most half of the new one changed.
+    func stateDelta(_ job: Claim.Job, sealedState: String, outcome: Outcome, cipher: (any SessionCipher)?) -> StateDelta? {
+        guard configuration.stateDeltas, cipher == nil, stateAbove > 0, [.continue, .wait, .done, .fail].contains(outcome.kind),
+            job.state.utf8.count > stateAbove, sealedState.utf8.count > stateAbove
+        else { return nil }
+        return StateDelta(from: job.state, to: sealedState, version: job.version)
     }
 
     /// After a commit that wrote a state: keeps a large one for the session's next claim (at the

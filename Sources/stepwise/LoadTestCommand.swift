@@ -48,6 +48,9 @@ struct LoadTestCommand: AsyncParsableCommand {
     @Option(help: "The workers' --state-cache-mb (MiB of large states kept between a session's steps; 0 turns the cache off).")
     var stateCacheMb: Int = 64
 
+    @Flag(help: "The workers' --state-deltas (commit a large state as the part that changed).")
+    var stateDeltas = false
+
     @Option(
         help: ArgumentHelp(
             "Agent that runs the steps: counter, sleep or echo.",
@@ -366,6 +369,7 @@ struct LoadTestParameters: Sendable {
     var inputBytes: Int
     var stateBytes: Int
     var stateCacheMb: Int
+    var stateDeltas: Bool
     var agent: LoadTestAgent
     var rate: Double
     var timeLimit: Duration
@@ -384,6 +388,7 @@ struct LoadTestParameters: Sendable {
         inputBytes = c.inputBytes
         stateBytes = c.stateSize
         stateCacheMb = c.stateCacheMb
+        stateDeltas = c.stateDeltas
         agent = LoadTestAgent(rawValue: c.agent) ?? .counter
         rate = c.rate
         timeLimit = .milliseconds(Int64(c.timeLimit * 1000))
@@ -406,7 +411,7 @@ struct LoadTestParameters: Sendable {
         var o: [String: JSONValue] = [
             "sessions": .int(sessions), "steps": .int(steps), "concurrency": .int(concurrency),
             "stepMs": .int(stepMs), "inputBytes": .int(inputBytes), "stateBytes": .int(stateBytes),
-            "stateCacheMb": .int(stateCacheMb), "agent": .string(agent.rawValue),
+            "stateCacheMb": .int(stateCacheMb), "stateDeltas": .bool(stateDeltas), "agent": .string(agent.rawValue),
             "rate": .double(rate), "timeLimitSeconds": .double(timeLimit.inSeconds), "external": .bool(external),
             "workers": .array(workerCounts.map { .int($0) }),
         ]

@@ -30,6 +30,7 @@ struct LoadTestRound {
                 "--namespace", keys.namespace, "--concurrency", String(params.concurrency), "--log-level", connection.logLevel ?? "error",
                 "--events-max-length", String(params.eventsMaxLength), "--state-cache-mb", String(params.stateCacheMb),
             ]
+            if params.stateDeltas { args.append("--state-deltas") }
             if let ttl = params.heartbeatTTL { args += ["--heartbeat-ttl", String(ttl)] }
             if let interval = params.reaperInterval { args += ["--reaper-interval", String(interval)] }
             let p = LoadTestWorkerPool(arguments: args, connectionEnvironment: connection.childEnvironment, idPrefix: "lt-\(runID)")

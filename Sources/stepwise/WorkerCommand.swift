@@ -72,6 +72,12 @@ struct WorkerCommand: AsyncParsableCommand {
     )
     var stateCacheMb: Int = 64
 
+    @Flag(
+        help:
+            "Commit a large state (over 8 KiB, not encrypted) as the part that changed: a few KiB per step instead of the whole state, for Redis across a network; on one host it costs Redis more CPU than it saves."
+    )
+    var stateDeltas = false
+
     @Option(
         help: ArgumentHelp(
             "Serve Prometheus metrics on GET /metrics, and probes on /healthz and /readyz, at this host:port (off by default).",
@@ -187,6 +193,7 @@ struct WorkerCommand: AsyncParsableCommand {
             maxActiveSessions: maxActiveSessions, maxStateBytes: maxStateBytes, strict: strict,
             compactAfter: compactAfter == 0 ? nil : max(.milliseconds(1), try seconds(compactAfter, flag: "--compact-after")))
         config.stateCacheBytes = stateCacheMb << 20
+        config.stateDeltas = stateDeltas
         // Fail fast, with one clear line, when Redis is unreachable or refuses these credentials.
         try await probeRedis(logger: logger)
         let payloads = payloadLogging

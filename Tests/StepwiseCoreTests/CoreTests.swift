@@ -180,3 +180,31 @@ import Testing
         #expect(throws: StepwiseError.self) { try Submission.validateOptions(["a": 1], maxBytes: 5) }
     }
 }
+
+/// A large state's commit carries only what changed (`StateDelta`); the commit script rebuilds it.
+@Suite struct StateDeltaTests {
+    @Test(arguments: [
+        (#"{"count":1,"pad":"xxxxxxxxxxxxxxxxxxxx"}"#, #"{"count":2,"pad":"xxxxxxxxxxxxxxxxxxxx"}"#),
+        ("aaaaaaaaaaaaaaaaaaaa", "aaaaaaaaaaaaaaaaaaaaa"),
+        ("aaaaaaaaaaaaaaaaaaaa", "aaaaaaaaaaaaaaaaaaa"),
+        ("ééééééééééééééééééé", "éééééééééèéééééééé"),
+        ("€€€€€€€€€€€€€€€€€€€€€€", "€€€€€€€€€€€€€€€€€€€€€€ü"),
+        (String(repeating: "x", count: 50) + "😀", String(repeating: "x", count: 50) + "😁"),
+    ])
+    func aDeltaRebuildsTheNewStateAndCutsOnCharacters(_ old: String, _ new: String) throws {
+        let d = try #require(StateDelta(from: old, to: new, version: 4))
+        #expect(d.applied(to: old) == new)
+        #expect(d.version == 4)
+        #expect(d.prefix + d.suffix <= min(old.utf8.count, new.utf8.count))
+        // The middle is whole characters: it is the new text between two boundaries.
+        #expect(d.middle.utf8.count == new.utf8.count - d.prefix - d.suffix)
+        #expect(String(decoding: Array(d.middle.utf8), as: UTF8.self) == d.middle)
+        #expect(d.middle.utf8.count * 2 <= new.utf8.count)
+    }
+
+    @Test func aStateMostlyChangedGoesWhole() {
+        #expect(StateDelta(from: "abcdefgh", to: "ABCDEFGH", version: 1) == nil)
+        #expect(StateDelta(from: "", to: "abcdef", version: 1) == nil)
+        #expect(StateDelta(from: "abcdef", to: "xyz", version: 1) == nil)
+    }
+}

@@ -51,13 +51,14 @@ struct ProtocolDriver {
 
     func commit(
         _ worker: String, _ job: Claim.Job, outcome: CommitOutcome = .wait, state: String = "{}", payload: String = "",
-        delay: Duration = .zero
+        delay: Duration = .zero, delta: StateDelta? = nil
     ) async throws -> String? {
         let reply = try await conn.run(
             scripts.commit(
                 .init(
-                    worker: worker, jobID: job.jobID, holder: job.holder, outcome: outcome, state: state, payload: payload,
-                    fetchNext: false, activeLimit: 0, retryDelay: delay, deadReason: outcome == .dead ? "test" : ""),
+                    worker: worker, jobID: job.jobID, holder: job.holder, outcome: outcome, state: delta?.middle ?? state,
+                    payload: payload, fetchNext: false, activeLimit: 0, retryDelay: delay,
+                    deadReason: outcome == .dead ? "test" : "", delta: delta),
                 now: now))
         return reply.array?.first?.string
     }

@@ -206,6 +206,32 @@ struct ProtocolRaceTests {
         }
     }
 
+    /// A state delta applies only to the stored state it was made from: made for another version,
+    /// or longer than the stored state, the commit answers `delta` and changes nothing; the right
+    /// one rebuilds the new state exactly.
+    @Test func aStateDeltaAppliesOnlyToTheStateItWasMadeFrom() async throws {
+        let id = try SessionID("delta")
+        try await p.register("W")
+        _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1))
+        _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 2))
+        let base = #"{"count":1,"pad":""# + String(repeating: "é", count: 100) + #""}"#
+        #expect(try await p.commit("W", try await p.claimRun("W"), state: base) == "ok")
+        let job = try await p.claimRun("W")
+        let next = base.replacingOccurrences(of: #""count":1"#, with: #""count":2,"new":"ü""#)
+        let good = try #require(StateDelta(from: base, to: next, version: job.version))
+        #expect(good.middle.utf8.count < 20)
+        var other = good
+        other.version += 1
+        #expect(try await p.commit("W", job, delta: other) == "delta")
+        var long = good
+        long.suffix = base.utf8.count
+        #expect(try await p.commit("W", job, delta: long) == "delta")
+        #expect(try await p.sessionField(id, "state") == base)
+        #expect(try await p.sessionField(id, "version") == String(job.version))
+        #expect(try await p.commit("W", job, delta: good) == "ok")
+        #expect(try await p.sessionField(id, "state") == next)
+    }
+
     /// A commit whose reply was lost is sent again: it answers the same and applies nothing twice.
     @Test func aRepeatedCommitIsIdempotent() async throws {
         let id = try SessionID("again")

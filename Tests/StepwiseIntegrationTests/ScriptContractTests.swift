@@ -81,6 +81,13 @@ struct ScriptContractTests {
             )
             .replacing(argument: 11, "-5")
         },
+        Case(name: "commit: malformed state delta") { s, _, job, holder in
+            s.commit(
+                .init(worker: "w", jobID: job, holder: holder, outcome: .wait, state: "{}", payload: "", fetchNext: false, activeLimit: 0),
+                now: 1
+            )
+            .replacing(argument: 17, "1 two 3")
+        },
         Case(name: "release: unknown reason") { s, _, job, holder in
             s.release(worker: "w", jobID: job, holder: holder, reason: .shutdown, now: 1, activeLimit: 0, uncount: true).replacing(
                 argument: 6, "why")

@@ -3,6 +3,7 @@ import Logging
 import StepwiseAgents
 import StepwiseRedis
 import StepwiseTesting
+import Synchronization
 import Testing
 
 @testable import StepwiseCore
@@ -19,12 +20,13 @@ struct StateCacheTests: EngineSuite {
 
     init() throws { engine = try EngineFixture() }
 
-    func worker(cacheBytes: Int = 1 << 20) throws -> Worker {
+    func worker(cacheBytes: Int = 1 << 20, deltas: Bool = false) throws -> Worker {
         var c = Worker.Configuration(
             workerID: "sc-\(UUID().uuidString.prefix(8))", concurrency: 2, blockTimeout: .milliseconds(200),
             reaperInterval: .milliseconds(200), grace: .seconds(5), compactAfter: nil)
         c.stateCacheBytes = cacheBytes
         c.stateCacheThreshold = 512
+        c.stateDeltas = deltas
         return Worker(
             configuration: c, redis: .init(endpoint: try TestRedis.endpoint), keys: keys, agents: .builtIn,
             logger: Logger(label: "test.worker"))
@@ -44,7 +46,7 @@ struct StateCacheTests: EngineSuite {
 
     @Test func consecutiveStepsOfALargeSessionClaimWithoutItsState() async throws {
         let id = try SessionID("big")
-        let w = try worker()
+        let w = try worker(deltas: true)
         _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: ["n": 1], options: ["pad": 4000]))
         for n in 2...6 { _ = try await dispatcher.submit(Submission(session: id, input: ["n": .int(n)])) }
         let done = try await withRunning(w) { await steps(id, equal: 6) }
@@ -58,6 +60,9 @@ struct StateCacheTests: EngineSuite {
         #expect(stats.hits >= 5, "\(stats)")
         #expect(stats.misses == 0, "\(stats)")
         #expect(stats.entries == 1)
+        // Steps 2-6 sent back only what changed (the count and the inputs, not the filler), and
+        // the script rebuilt the state the assertions above read.
+        #expect(w.deltaCommits.load(ordering: .relaxed) == 5)
     }
 
     @Test func queuedStepsOfLargeSessionsStayOnTheWorkerThatHasTheirState() async throws {
@@ -86,6 +91,8 @@ struct StateCacheTests: EngineSuite {
         let misses = a.stateCache.statistics.misses + b.stateCache.statistics.misses
         #expect(misses == 0, "a: \(a.stateCache.statistics), b: \(b.stateCache.statistics)")
         #expect(hits == 4 * 7, "a: \(a.stateCache.statistics), b: \(b.stateCache.statistics)")
+        // Without --state-deltas every commit carries its whole state.
+        #expect(a.deltaCommits.load(ordering: .relaxed) + b.deltaCommits.load(ordering: .relaxed) == 0)
     }
 
     @Test func anEntryAtAnotherVersionOrIncarnationIsNeverUsed() async throws {

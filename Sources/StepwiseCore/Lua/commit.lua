@@ -23,7 +23,12 @@
 -- ARGV[17] '1': with fetch next, when this commit releases the session's next job, claim that job
 --   (it goes to this worker's in-flight list, not to `ready`), so the worker that has the
 --   session's state cached runs its next step ('' or absent: the next job goes to `ready`)
--- Returns {'ok'|'retry'|'dead'|'cancelled'|'stale', event id, version, next claim or nil}.
+-- ARGV[18] a state delta '<prefix> <suffix> <version>' ('' or absent: ARGV[8] is the whole state):
+--   the new state is the stored state's first <prefix> bytes, then ARGV[8], then its last
+--   <suffix> bytes. It applies only to the state at <version> (the claim's), of at least
+--   <prefix> + <suffix> bytes; otherwise the call answers 'delta' and changes nothing, and the
+--   worker sends the whole state.
+-- Returns {'ok'|'retry'|'dead'|'cancelled'|'stale'|'delta', event id, version, next claim or nil}.
 local P = prefix_arg(ARGV[1])
 local worker = worker_arg(ARGV[2])
 local now = int_arg(ARGV[3], 'now', 0)
@@ -37,6 +42,13 @@ local delay = int_arg(ARGV[12], 'retry delay', 0)
 int_arg(ARGV[14], 'dead attempts', 0, nil, true)
 local above = int_arg(ARGV[16] or '', 'state cache threshold', 0, nil, true)
 local sticky = ARGV[17] == '1' and ARGV[10] == '1'
+local delta = ARGV[18] or ''
+local dprefix, dsuffix, dversion
+if delta ~= '' then
+  dprefix, dsuffix, dversion = string.match(delta, '^(%d+) (%d+) (%d+)$')
+  need(dprefix ~= nil, 'invalid_argument', 'state delta must be "<prefix> <suffix> <version>", got ' .. delta)
+  dprefix, dsuffix, dversion = tonumber(dprefix), tonumber(dsuffix), tonumber(dversion)
+end
 local kept
 need(string.sub(holder, 1, #worker + 1) == worker .. '/', 'invalid_argument', 'holder token does not belong to worker ' .. worker)
 need(KEYS[1] == P .. 'ready' and KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'keys do not belong to worker ' .. worker)
@@ -65,6 +77,15 @@ if last_token == holder or cur[1] ~= holder or redis.call('LINDEX', k.inbox, 0) 
     result = {'stale', '', 0}
   end
 else
+  local state = ARGV[8]
+  if delta ~= '' and not cur[6] and (outcome == 'continue' or outcome == 'wait' or outcome == 'done' or outcome == 'fail') then
+    -- Read before anything is written: a delta that does not fit changes nothing.
+    local old = redis.call('HGET', k.session, 'state') or ''
+    if dversion ~= tonumber(cur[2]) or dprefix + dsuffix > #old then
+      return {'delta', '', tonumber(cur[2])}
+    end
+    state = string.sub(old, 1, dprefix) .. ARGV[8] .. string.sub(old, #old - dsuffix + 1)
+  end
   local j = redis.call('HMGET', k.jobs, seq .. ':a', seq .. ':t', seq .. ':m')
   redis.call('LREM', KEYS[2], 0, jid)
   free_slot(P, sid, limit)
@@ -115,7 +136,7 @@ else
     elseif outcome == 'done' then status = 'done'
     elseif outcome == 'fail' then status = 'failed'
     else status = 'waiting' end
-    redis.call('HSET', k.session, 'state', ARGV[8], 'version', version, 'steps', step, 'holder', '', 'committed', holder .. '=ok',
+    redis.call('HSET', k.session, 'state', state, 'version', version, 'steps', step, 'holder', '', 'committed', holder .. '=ok',
       'active', now, 'status', status)
     redis.call('HINCRBY', P .. 'stats', 'committed', 1)
     result = {'ok', eid, version}
