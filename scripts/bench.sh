@@ -48,6 +48,16 @@ for w in sorted(plain):
         p, e = statistics.median(plain[w]), statistics.median(enc[w])
         runs = lambda xs: ", ".join(f"{x:.0f}" for x in xs)
         print(f"workers {w}: plain {runs(plain[w])} (median {p:.0f}) steps/s, encrypted {runs(enc[w])} (median {e:.0f}) steps/s, ratio {e / p:.2f}")
+        # Each encrypted round against the plain round just before it: the spread says how far
+        # this machine's noise moves a single comparison.
+        paired = [y / x for x, y in zip(plain[w], enc[w])]
+        print(f"workers {w}: round by round {', '.join(f'{q:.2f}' for q in paired)} (median {statistics.median(paired):.2f}, "
+              f"{sum(q >= 0.9 for q in paired)} of {len(paired)} at 0.90 or more)")
+        cpu = lambda kind: statistics.median(
+            (r["redisCPU"] + r["workersCPU"]) * 1e6 / r["stepsPerSecond"]
+            for i in range(1, rounds + 1) for r in json.load(open(f"{base}/{kind}{i}/results.json"))["rounds"] if r["workers"] == w)
+        print(f"workers {w}: CPU (Redis + workers) per step: plain {cpu('plain'):.0f} us, encrypted {cpu('encrypted'):.0f} us, "
+              f"ratio {cpu('plain') / cpu('encrypted'):.2f}")
 # Issue 13's ratios, from the plain rounds (the median round by steps/s).
 print("## throughput as ratios (plain rounds; issue 13 targets: >= 0.18 x SET/s, <= 12 commands per step)")
 for w in sorted(plain):

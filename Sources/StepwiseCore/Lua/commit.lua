@@ -62,12 +62,15 @@ local created = {k.events}
 local cur = redis.call('HMGET', k.session, 'holder', 'version', 'steps', 'ttl', 'refreshed', 'cancelled', 'exp', 'committed')
 local last_token, last_status = nil, nil
 if cur[8] then last_token, last_status = string.match(cur[8], '^(.*)=(%a+)$') end
-if last_token == holder or cur[1] ~= holder or redis.call('LINDEX', k.inbox, 0) ~= jid then
+-- The inbox's first two jobs: this step's (when it is current) and the one after it, which this
+-- commit releases (one read for both).
+local firsts = redis.call('LRANGE', k.inbox, 0, 1)
+if last_token == holder or cur[1] ~= holder or firsts[1] ~= jid then
   -- A repeated call (its first run removed this call's entry) or a stale one. The worker's
   -- in-flight list holds bare job ids: while the job still heads its session, unheld or held by
   -- this worker, an entry of it belongs to another step of this worker (a newer claim, or a
   -- fresh fetch about to claim it) and stays. Otherwise any entry left is garbage.
-  local head = redis.call('LINDEX', k.inbox, 0)
+  local head = firsts[1]
   local theirs = cur[1] and cur[1] ~= '' and string.sub(cur[1], 1, #worker + 1) ~= worker .. '/'
   if head ~= jid or theirs then redis.call('LREM', KEYS[2], 0, jid) end
   if last_token == holder then
@@ -119,6 +122,8 @@ else
     if outcome == 'fail' then etype = 'step.failed' end
     local eid = event(k, maxlen, 'type', etype, 'job', jid, 'step', step, 'attempt', attempt,
       'time', now, 'outcome', outcome, 'version', version, 'submitted', j[2] or '', 'data', ARGV[9])
+    -- The session's next job: a continuation goes first in the inbox, else the one after this.
+    local head = firsts[2]
     if outcome == 'continue' then
       local nseq = next_seq(P)
       if j[3] then
@@ -128,8 +133,8 @@ else
         redis.call('HSET', k.jobs, nseq, second, nseq .. ':t', now)
       end
       if redis.call('LPUSH', k.inbox, sid .. ':' .. nseq) == 1 then created = {k.events, k.inbox, k.jobs} end
+      head = sid .. ':' .. nseq
     end
-    local head = redis.call('LINDEX', k.inbox, 0)
     if head then
       if sticky then kept = head else redis.call('RPUSH', KEYS[1], head) end
       status = 'queued'
