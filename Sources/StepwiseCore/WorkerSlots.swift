@@ -527,7 +527,7 @@ extension Worker {
                 delta = nil
                 continue
             }
-            if delta != nil { deltaCommits.add(1, ordering: .relaxed) }
+            if delta != nil, status == "ok" { deltaCommits.add(1, ordering: .relaxed) }
             let label = status == "stale" ? "stale" : (outcome.cancelled ? "cancelled" : outcome.kind.rawValue)
             metrics.committed(
                 jobID: job.jobID, sessionID: job.sessionID, agent: job.agent, outcome: label, step: outcome.ran,
