@@ -124,10 +124,4 @@ struct StateDelta: Sendable, Equatable {
         self.version = version
         self.middle = middle
     }
-
-    /// `old` with this delta applied (what the commit script computes).
-    func applied(to old: String) -> String {
-        let o = Array(old.utf8)
-        return String(decoding: o[..<prefix], as: UTF8.self) + middle + String(decoding: o[(o.count - suffix)...], as: UTF8.self)
-    }
 }

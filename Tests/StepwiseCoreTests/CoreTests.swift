@@ -181,6 +181,14 @@ import Testing
     }
 }
 
+extension StateDelta {
+    /// `old` with this delta applied, as `commit.lua` splices it (bytes).
+    func applied(to old: String) -> String {
+        let o = Array(old.utf8)
+        return String(decoding: o[..<prefix], as: UTF8.self) + middle + String(decoding: o[(o.count - suffix)...], as: UTF8.self)
+    }
+}
+
 /// A large state's commit carries only what changed (`StateDelta`); the commit script rebuilds it.
 @Suite struct StateDeltaTests {
     @Test(arguments: [
