@@ -82,6 +82,24 @@ struct ScriptCalls: Sendable {
         var sticky = false
         /// `state` is only the changed middle of the stored state (see ``StateDelta``); nil: the whole state.
         var delta: StateDelta?
+        /// What the claim read of the job (its attempt, submit time and attempt limit), so the
+        /// commit need not read it again; nil: the script reads it from the jobs hash.
+        var claimed: ClaimedJob?
+    }
+
+    /// The job facts a claim reply carries that a commit writes into events and continuations.
+    struct ClaimedJob: Sendable {
+        var attempt: Int
+        var submittedAt: Int64?
+        var maxAttempts: Int?
+
+        init(attempt: Int, submittedAt: Int64?, maxAttempts: Int?) {
+            self.attempt = attempt
+            self.submittedAt = submittedAt
+            self.maxAttempts = maxAttempts
+        }
+
+        init(_ job: Claim.Job) { self.init(attempt: job.attempt, submittedAt: job.submittedAt, maxAttempts: job.maxAttempts) }
     }
 
     func commit(_ a: CommitArguments, now: Int64) -> ScriptCall {
@@ -93,6 +111,9 @@ struct ScriptCalls: Sendable {
                 RedisArgument(a.activeLimit), RedisArgument(a.retryDelay.milliseconds), RedisArgument(a.deadReason),
                 RedisArgument(a.deadAttempts.map(String.init) ?? ""), RedisArgument(a.secondPayload), RedisArgument(a.stateAbove),
                 a.sticky ? "1" : "", RedisArgument(a.delta.map { "\($0.prefix) \($0.suffix) \($0.version)" } ?? ""),
+                RedisArgument(a.claimed.map { String($0.attempt) } ?? ""),
+                RedisArgument(a.claimed?.submittedAt.map(String.init) ?? ""),
+                RedisArgument(a.claimed?.maxAttempts.map(String.init) ?? ""),
             ])
     }
 

@@ -501,7 +501,7 @@ extension Worker {
                     payload: sealed.payload, fetchNext: fetchNext, activeLimit: configuration.maxActiveSessions,
                     retryDelay: outcome.retryDelay, deadReason: outcome.deadReason, deadAttempts: outcome.attempts,
                     secondPayload: sealed.second, stateAbove: stateAbove,
-                    sticky: sticky && stateAbove > 0 && sealed.state.utf8.count > stateAbove, delta: delta),
+                    sticky: sticky && stateAbove > 0 && sealed.state.utf8.count > stateAbove, delta: delta, claimed: .init(job)),
                 now: Dispatcher.nowMillis())
             let reply: RESPValue
             do {

@@ -58,7 +58,7 @@ struct ProtocolDriver {
                 .init(
                     worker: worker, jobID: job.jobID, holder: job.holder, outcome: outcome, state: delta?.middle ?? state,
                     payload: payload, fetchNext: false, activeLimit: 0, retryDelay: delay,
-                    deadReason: outcome == .dead ? "test" : "", delta: delta),
+                    deadReason: outcome == .dead ? "test" : "", delta: delta, claimed: .init(job)),
                 now: now))
         return reply.array?.first?.string
     }

@@ -374,4 +374,31 @@ struct ProtocolRaceTests {
         #expect(try await p.reap("A") == 1)
         #expect(try await p.ready == [j])
     }
+    /// A commit takes the job's attempt, submit time and attempt limit from the worker (what its
+    /// claim read, fenced by the holder token) instead of reading the jobs hash again: the step's
+    /// end event and a continuation carry the same values either way.
+    @Test func aCommitCarriesWhatItsClaimReadOfTheJob() async throws {
+        var ends: [[String: String]] = []
+        var limits: [String?] = []
+        for (n, fromClaim) in [(0, true), (1, false)] {
+            let id = try SessionID("claimed-\(n)")
+            _ = try await dispatcher.submit(Submission(session: id, agent: "counter", input: 1, maxAttempts: 7))
+            try await p.register("W")
+            let job = try await p.claimRun("W")
+            #expect(job.attempt == 1 && job.maxAttempts == 7 && job.submittedAt != nil)
+            let call = ScriptCalls(keys: keys, eventsMaxLength: 100).commit(
+                .init(
+                    worker: "W", jobID: job.jobID, holder: job.holder, outcome: .continue, state: "{}", payload: "2", fetchNext: false,
+                    activeLimit: 0, claimed: fromClaim ? .init(job) : nil),
+                now: p.now)
+            #expect(try await conn.run(call).array?.first?.string == "ok")
+            let end = try await store.events(of: id, after: "0").first { $0.type == "step.completed" }
+            ends.append(["attempt": "\(end?.attempt ?? -1)", "submitted": end?.fields["submitted"] ?? "none"])
+            #expect(end?.fields["submitted"] == job.submittedAt.map(String.init), "the event carries the claim's submit time")
+            let next = try await p.claimRun("W")
+            limits.append(next.maxAttempts.map(String.init))
+        }
+        #expect(ends.map { $0["attempt"] } == ["1", "1"])
+        #expect(limits == ["7", "7"], "a continuation inherits the submit's attempt limit")
+    }
 }

@@ -88,6 +88,24 @@ struct ScriptContractTests {
             )
             .replacing(argument: 17, "1 two 3")
         },
+        Case(name: "commit: claimed attempt 0") { s, _, job, holder in
+            s.commit(
+                .init(
+                    worker: "w", jobID: job, holder: holder, outcome: .wait, state: "{}", payload: "", fetchNext: false, activeLimit: 0,
+                    claimed: .init(attempt: 1, submittedAt: 5, maxAttempts: nil)),
+                now: 1
+            )
+            .replacing(argument: 18, "0")
+        },
+        Case(name: "commit: claimed submit time not a number") { s, _, job, holder in
+            s.commit(
+                .init(
+                    worker: "w", jobID: job, holder: holder, outcome: .wait, state: "{}", payload: "", fetchNext: false, activeLimit: 0,
+                    claimed: .init(attempt: 1, submittedAt: 5, maxAttempts: nil)),
+                now: 1
+            )
+            .replacing(argument: 19, "soon")
+        },
         Case(name: "release: unknown reason") { s, _, job, holder in
             s.release(worker: "w", jobID: job, holder: holder, reason: .shutdown, now: 1, activeLimit: 0, uncount: true).replacing(
                 argument: 6, "why")

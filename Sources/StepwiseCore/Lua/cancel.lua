@@ -16,7 +16,7 @@ local maxlen = int_arg(ARGV[5], 'maxlen', 1)
 local k = session_keys(P, sid)
 local s = redis.call('HMGET', k.session, 'agent', 'holder', 'cancelled', 'ttl', 'refreshed', 'exp', 'evlast')
 k.evlast = s[7]
-need(s[1], 'session_not_found', 'session ' .. sid .. ' does not exist (or expired)')
+if not s[1] then fail('session_not_found', 'session ' .. sid .. ' does not exist (or expired)') end
 if s[3] then return {0, 0, ''} end
 local ids = redis.call('LRANGE', k.inbox, 0, -1)
 local running = ''

@@ -13,14 +13,20 @@
 -- from `ready` (up to ARGV[7]; empty when `ready` is empty; it stops at 'unregistered').
 local P = prefix_arg(ARGV[1])
 local worker = worker_arg(ARGV[2])
-local now = int_arg(ARGV[3], 'now', 0)
+int_arg(ARGV[3], 'now', 0)
 local jid = ARGV[4]
-local maxlen = int_arg(ARGV[5], 'maxlen', 1)
+int_arg(ARGV[5], 'maxlen', 1)
+-- Text, as commit.lua keeps them.
+local now, maxlen = ARGV[3], ARGV[5]
 local limit = int_arg(ARGV[6], 'active limit', 0)
 local count = int_arg(ARGV[7], 'count', 1, 1000)
 local above = int_arg(ARGV[8] or '', 'state cache threshold', 0, nil, true)
-need(KEYS[1] == P .. 'ready' and KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'keys do not belong to worker ' .. worker)
-need(jid == '' or split_job(jid) ~= nil, 'invalid_argument', 'bad job id ' .. jid .. ' (session:number)')
+if not (KEYS[1] == P .. 'ready' and KEYS[2] == P .. 'inflight:' .. worker) then
+  fail('invalid_argument', 'keys do not belong to worker ' .. worker)
+end
+if not (jid == '' or split_job(jid) ~= nil) then
+  fail('invalid_argument', 'bad job id ' .. jid .. ' (session:number)')
+end
 if jid ~= '' then return claim(P, KEYS[2], worker, now, maxlen, limit, jid, false, above) end
 if redis.call('EXISTS', P .. 'worker:' .. worker) == 0 then return {{'unregistered', ''}} end
 local claims = {}

@@ -28,11 +28,18 @@
 --   <suffix> bytes. It applies only to the state at <version> (the claim's), of at least
 --   <prefix> + <suffix> bytes; otherwise the call answers 'delta' and changes nothing, and the
 --   worker sends the whole state.
+-- ARGV[19] the attempt its claim gave ('' or absent: read from the jobs hash), ARGV[20] its submit
+--   time ms ('' none), ARGV[21] its attempt limit ('' none): what the claim read and the holder
+--   token fences (nothing else writes them while the job is held), so the commit need not read
+--   them again.
 -- Returns {'ok'|'retry'|'dead'|'cancelled'|'stale'|'delta', event id, version, next claim or nil}.
 local P = prefix_arg(ARGV[1])
 local worker = worker_arg(ARGV[2])
-local now = int_arg(ARGV[3], 'now', 0)
-local maxlen = int_arg(ARGV[4], 'maxlen', 1)
+-- `now` and `maxlen` stay text (validated): they go to Redis as arguments, and a Lua number
+-- would be formatted again for each use.
+int_arg(ARGV[3], 'now', 0)
+int_arg(ARGV[4], 'maxlen', 1)
+local now, maxlen = ARGV[3], ARGV[4]
 local jid, holder = ARGV[5], ARGV[6]
 local sid, seq = job_arg(jid)
 local outcome = oneof_arg(ARGV[7], 'outcome', {'continue', 'wait', 'done', 'fail', 'retry', 'dead'})
@@ -41,30 +48,44 @@ local limit = int_arg(ARGV[11], 'active limit', 0)
 local delay = int_arg(ARGV[12], 'retry delay', 0)
 int_arg(ARGV[14], 'dead attempts', 0, nil, true)
 local above = int_arg(ARGV[16] or '', 'state cache threshold', 0, nil, true)
+local claimed = int_arg(ARGV[19] or '', 'attempt', 1, nil, true) ~= nil
+if claimed then
+  int_arg(ARGV[20], 'submit time', 0, nil, true)
+  int_arg(ARGV[21], 'attempt limit', 1, nil, true)
+end
 local sticky = ARGV[17] == '1' and ARGV[10] == '1'
 local delta = ARGV[18] or ''
 local dprefix, dsuffix, dversion
 if delta ~= '' then
   dprefix, dsuffix, dversion = string.match(delta, '^(%d+) (%d+) (%d+)$')
-  need(dprefix ~= nil, 'invalid_argument', 'state delta must be "<prefix> <suffix> <version>", got ' .. delta)
+  if dprefix == nil then
+    fail('invalid_argument', 'state delta must be "<prefix> <suffix> <version>", got ' .. delta)
+  end
   dprefix, dsuffix, dversion = tonumber(dprefix), tonumber(dsuffix), tonumber(dversion)
 end
 local kept
-need(string.sub(holder, 1, #worker + 1) == worker .. '/', 'invalid_argument', 'holder token does not belong to worker ' .. worker)
-need(KEYS[1] == P .. 'ready' and KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'keys do not belong to worker ' .. worker)
+if not (string.sub(holder, 1, #worker + 1) == worker .. '/') then
+  fail('invalid_argument', 'holder token does not belong to worker ' .. worker)
+end
+if not (KEYS[1] == P .. 'ready' and KEYS[2] == P .. 'inflight:' .. worker) then
+  fail('invalid_argument', 'keys do not belong to worker ' .. worker)
+end
 local second = ARGV[15]
 if second == nil or second == '' then second = ARGV[9] end
 local k = session_keys(P, sid)
 local result
--- Keys this call may create, sealed with the session's expiry: the stream (an event), and the
--- inbox and jobs hash when a continuation refills an inbox its commit emptied.
-local created = {k.events}
+-- Keys this call may create, sealed with the session's expiry: the inbox and jobs hash when a
+-- continuation refills an inbox its commit emptied. Not the stream: the claim of the step this
+-- call ends wrote `step.started` to it and sealed it, and nothing removes a held session's
+-- stream (compaction skips held sessions; a forget or expiry removes the session hash too, and
+-- then this call is stale).
+local created = {}
 local cur = redis.call('HMGET', k.session, 'holder', 'version', 'steps', 'ttl', 'refreshed', 'cancelled', 'exp', 'committed')
 local last_token, last_status = nil, nil
 if cur[8] then last_token, last_status = string.match(cur[8], '^(.*)=(%a+)$') end
 -- The inbox's first two jobs: this step's (when it is current) and the one after it, which this
 -- commit releases (one read for both).
-local firsts = redis.call('LRANGE', k.inbox, 0, 1)
+local firsts = redis.call('LRANGE', k.inbox, '0', '1')
 if last_token == holder or cur[1] ~= holder or firsts[1] ~= jid then
   -- A repeated call (its first run removed this call's entry) or a stale one. The worker's
   -- in-flight list holds bare job ids: while the job still heads its session, unheld or held by
@@ -72,11 +93,11 @@ if last_token == holder or cur[1] ~= holder or firsts[1] ~= jid then
   -- fresh fetch about to claim it) and stays. Otherwise any entry left is garbage.
   local head = firsts[1]
   local theirs = cur[1] and cur[1] ~= '' and string.sub(cur[1], 1, #worker + 1) ~= worker .. '/'
-  if head ~= jid or theirs then redis.call('LREM', KEYS[2], 0, jid) end
+  if head ~= jid or theirs then redis.call('LREM', KEYS[2], '0', jid) end
   if last_token == holder then
     result = {last_status, '', tonumber(cur[2])}
   else
-    redis.call('HINCRBY', P .. 'stats', 'stale_commits', 1)
+    redis.call('HINCRBY', P .. 'stats', 'stale_commits', '1')
     result = {'stale', '', 0}
   end
 else
@@ -89,8 +110,14 @@ else
     end
     state = string.sub(old, 1, dprefix) .. ARGV[8] .. string.sub(old, #old - dsuffix + 1)
   end
-  local j = redis.call('HMGET', k.jobs, seq .. ':a', seq .. ':t', seq .. ':m')
-  redis.call('LREM', KEYS[2], 0, jid)
+  local j
+  if claimed then
+    j = {ARGV[19], ARGV[20], ARGV[21]}
+    if j[3] == '' then j[3] = nil end
+  else
+    j = redis.call('HMGET', k.jobs, seq .. ':a', seq .. ':t', seq .. ':m')
+  end
+  redis.call('LREM', KEYS[2], '0', jid)
   free_slot(P, sid, limit)
   local attempt = j[1] or '1'
   local status
@@ -98,7 +125,7 @@ else
     drop_cancelled(k, jid, seq, now, maxlen, attempt, cur[3])
     result = {'cancelled', '', tonumber(cur[2])}
   elseif outcome == 'retry' then
-    redis.call('HINCRBY', k.jobs, seq .. ':f', 1)
+    redis.call('HINCRBY', k.jobs, seq .. ':f', '1')
     redis.call('HSET', k.session, 'holder', '', 'status', 'queued', 'active', now, 'committed', holder .. '=retry')
     redis.call('ZADD', P .. 'delayed', server_ms() + delay, jid)
     local eid = event(k, maxlen, 'type', 'step.retrying', 'job', jid, 'step', tonumber(cur[3]) + 1,
@@ -109,19 +136,19 @@ else
     redis.call('HSET', k.session, 'holder', '', 'status', 'failed', 'active', now, 'blocked', jid, 'committed', holder .. '=dead',
       'dead_reason', ARGV[13], 'dead_error', second, 'dead_attempts', attempt, 'dead_at', now)
     redis.call('ZADD', P .. 'dead', now, sid)
-    redis.call('HINCRBY', P .. 'stats', 'dead', 1)
+    redis.call('HINCRBY', P .. 'stats', 'dead', '1')
     local eid = event(k, maxlen, 'type', 'step.dead', 'job', jid, 'step', tonumber(cur[3]) + 1,
       'attempt', attempt, 'time', now, 'reason', ARGV[13], 'error', ARGV[9])
     result = {'dead', eid, tonumber(cur[2])}
   else
     local version = tonumber(cur[2]) + 1
-    local step = tonumber(cur[3]) + 1
+    local versiontext, step = tostring(version), tostring(tonumber(cur[3]) + 1)
     redis.call('HDEL', k.jobs, job_fields(seq))
     redis.call('LPOP', k.inbox)
     local etype = 'step.completed'
     if outcome == 'fail' then etype = 'step.failed' end
     local eid = event(k, maxlen, 'type', etype, 'job', jid, 'step', step, 'attempt', attempt,
-      'time', now, 'outcome', outcome, 'version', version, 'submitted', j[2] or '', 'data', ARGV[9])
+      'time', now, 'outcome', outcome, 'version', versiontext, 'submitted', j[2] or '', 'data', ARGV[9])
     -- The session's next job: a continuation goes first in the inbox, else the one after this.
     local head = firsts[2]
     if outcome == 'continue' then
@@ -132,7 +159,7 @@ else
       else
         redis.call('HSET', k.jobs, nseq, second, nseq .. ':t', now)
       end
-      if redis.call('LPUSH', k.inbox, sid .. ':' .. nseq) == 1 then created = {k.events, k.inbox, k.jobs} end
+      if redis.call('LPUSH', k.inbox, sid .. ':' .. nseq) == 1 then created = {k.inbox, k.jobs} end
       head = sid .. ':' .. nseq
     end
     if head then
@@ -141,9 +168,9 @@ else
     elseif outcome == 'done' then status = 'done'
     elseif outcome == 'fail' then status = 'failed'
     else status = 'waiting' end
-    redis.call('HSET', k.session, 'state', state, 'version', version, 'steps', step, 'holder', '', 'committed', holder .. '=ok',
+    redis.call('HSET', k.session, 'state', state, 'version', versiontext, 'steps', step, 'holder', '', 'committed', holder .. '=ok',
       'active', now, 'status', status)
-    redis.call('HINCRBY', P .. 'stats', 'committed', 1)
+    redis.call('HINCRBY', P .. 'stats', 'committed', '1')
     result = {'ok', eid, version}
   end
   if result[1] == 'cancelled' then redis.call('HSET', k.session, 'committed', holder .. '=cancelled') end

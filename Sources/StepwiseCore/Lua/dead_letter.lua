@@ -12,11 +12,12 @@ local action = oneof_arg(ARGV[3], 'action', {'retry', 'purge'})
 local now = int_arg(ARGV[4], 'now', 0)
 local maxlen = int_arg(ARGV[5], 'maxlen', 1)
 local sid, seq = split_job(jid or '')
-need(sid ~= nil, 'not_dead', tostring(jid) .. ' is not a job id (session:number)')
+if sid == nil then fail('not_dead', tostring(jid) .. ' is not a job id (session:number)') end
 local k = session_keys(P, sid)
 local s = redis.call('HMGET', k.session, 'blocked', 'ttl', 'refreshed', 'exp')
-need(s[1] == jid and redis.call('LINDEX', k.inbox, 0) == jid, 'not_dead',
-  'job ' .. jid .. ' is not in the dead-letter list (see stepwise dead list)')
+if not (s[1] == jid and redis.call('LINDEX', k.inbox, 0) == jid) then
+  fail('not_dead', 'job ' .. jid .. ' is not in the dead-letter list (see stepwise dead list)')
+end
 -- Validated: from here on the script only writes.
 redis.call('HDEL', k.session, 'blocked', 'dead_reason', 'dead_error', 'dead_attempts', 'dead_at')
 redis.call('ZREM', P .. 'dead', sid)

@@ -16,7 +16,9 @@ need(sid ~= nil and string.match(sid, '^[A-Za-z0-9_%-]+$') ~= nil and #sid <= 64
 local k = session_keys(P, sid)
 local cur = redis.call('HMGET', k.session, 'agent', 'owner', 'dk')
 if not cur[1] then return {0, 0} end
-need(ARGV[4] == '1' or cur[2] == '' or cur[2] == owner, 'not_owner', 'session ' .. sid .. ' belongs to another owner')
+if not (ARGV[4] == '1' or cur[2] == '' or cur[2] == owner) then
+  fail('not_owner', 'session ' .. sid .. ' belongs to another owner')
+end
 -- Validated: from here on the script only deletes.
 redis.call('DEL', k.session, k.inbox, k.jobs, k.idem, k.events)
 redis.call('ZREM', P .. 'sessions', sid)

@@ -9,7 +9,9 @@ local P = prefix_arg(ARGV[1])
 local worker = worker_arg(ARGV[2])
 local ttl = int_arg(ARGV[3], 'ttl', 1)
 local status = oneof_arg(ARGV[4], 'status', {'ok', 'oom', 'stopping'})
-need(KEYS[1] == P .. 'worker:' .. worker and KEYS[2] == P .. 'workers', 'invalid_argument', 'keys do not belong to worker ' .. worker)
+if not (KEYS[1] == P .. 'worker:' .. worker and KEYS[2] == P .. 'workers') then
+  fail('invalid_argument', 'keys do not belong to worker ' .. worker)
+end
 local old = redis.call('SET', KEYS[1], status, 'PX', ttl, 'GET')
 redis.call('ZADD', KEYS[2], server_ms(), worker)
 if old then return 1 end

@@ -3,20 +3,27 @@
 -- P is the namespace prefix ('sw:'); session keys are derived from it and the session id.
 
 -- Raises a typed error: 'STEPWISE <code> <message>' (ScriptCalls.mapError maps the code).
+-- Scripts run on every step, so a message that has to be built (concatenated, numbers turned
+-- into text) is built only on failure: `if not ok then fail(code, a .. b) end`, not `need`.
+local function fail(code, msg)
+  error({err = 'STEPWISE ' .. code .. ' ' .. msg})
+end
+-- For a message that is a constant.
 local function need(ok, code, msg)
-  if not ok then error({err = 'STEPWISE ' .. code .. ' ' .. msg}) end
+  if not ok then fail(code, msg) end
 end
 -- An integer argument in [lo, hi]; '' is allowed (returns nil) when optional is true.
 local function int_arg(v, name, lo, hi, optional)
   if optional and v == '' then return nil end
   local n = tonumber(v)
-  need(type(v) == 'string' and string.match(v, '^%-?%d+$') ~= nil and n ~= nil and n >= lo and (hi == nil or n <= hi),
-    'invalid_argument', name .. ' must be an integer from ' .. lo .. (hi and (' to ' .. hi) or '') .. ', got ' .. tostring(v))
+  if not (type(v) == 'string' and n ~= nil and n >= lo and (hi == nil or n <= hi) and string.match(v, '^%-?%d+$')) then
+    fail('invalid_argument', name .. ' must be an integer from ' .. lo .. (hi and (' to ' .. hi) or '') .. ', got ' .. tostring(v))
+  end
   return n
 end
 local function oneof_arg(v, name, allowed)
   for _, a in ipairs(allowed) do if v == a then return v end end
-  need(false, 'invalid_argument', name .. ' must be one of ' .. table.concat(allowed, ', ') .. ', got ' .. tostring(v))
+  fail('invalid_argument', name .. ' must be one of ' .. table.concat(allowed, ', ') .. ', got ' .. tostring(v))
 end
 local function prefix_arg(P)
   need(type(P) == 'string' and string.match(P, '^[A-Za-z0-9_.%-]+:$') ~= nil, 'invalid_argument', 'bad namespace prefix')
@@ -33,7 +40,7 @@ local function split_job(jid)
 end
 local function job_arg(jid)
   local sid, seq = split_job(jid or '')
-  need(sid ~= nil and #sid <= 64, 'invalid_argument', 'bad job id ' .. tostring(jid) .. ' (session:number)')
+  if sid == nil or #sid > 64 then fail('invalid_argument', 'bad job id ' .. tostring(jid) .. ' (session:number)') end
   return sid, seq
 end
 local function session_keys(P, sid)
@@ -46,10 +53,11 @@ local function server_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- The next value of the pool-wide counter: job numbers, fencing tokens and incarnations. It
--- outlives every session, so none of them ever repeats.
+-- The next value of the pool-wide counter, as text: job numbers, fencing tokens and
+-- incarnations. It outlives every session, so none of them ever repeats. (Text once: each use of
+-- a Lua number as text, in a concatenation or a redis.call argument, formats it again.)
 local function next_seq(P)
-  return redis.call('INCR', P .. 'seq')
+  return tostring(redis.call('INCR', P .. 'seq'))
 end
 -- Appends an event. After compaction removed an idle session's stream (compact.lua), the
 -- session hash keeps the last id the stream generated in `evlast`; scripts that may write the
@@ -172,7 +180,7 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid, moved, above)
   local s = redis.call('HMGET', k.session, 'agent', 'options', 'state', 'version', 'steps', 'cancelled', 'blocked', 'exp', 'holder',
     'evlast', 'dk', 'inc')
   k.evlast = s[10]
-  local head = redis.call('LINDEX', k.inbox, 0)
+  local head = redis.call('LINDEX', k.inbox, '0')
   if not moved and redis.call('EXISTS', P .. 'worker:' .. worker) == 0 then
     if j[1] and s[1] and head == jid and s[9] == '' and not s[7] then
       if s[6] then
@@ -217,9 +225,9 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid, moved, above)
   -- Held: the job stays in this worker's in-flight list (one entry), where a reaper finds it if
   -- we die.
   if not moved then redis.call('RPUSH', inflight, jid) end
-  local attempt = tonumber(j[2] or '0') + 1
+  local attempt = tostring(tonumber(j[2] or '0') + 1)
   redis.call('HSET', k.jobs, seq .. ':a', attempt)
-  local step = tonumber(s[5]) + 1
+  local step = tostring(tonumber(s[5]) + 1)
   local holder = worker .. '/' .. next_seq(P)
   redis.call('HSET', k.session, 'status', 'running', 'holder', holder, 'active', now)
   event(k, maxlen, 'type', 'step.started', 'job', jid, 'step', step, 'attempt', attempt, 'time', now)
@@ -228,6 +236,6 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid, moved, above)
   -- reads it with HGET); the incarnation tells a re-created session's version 1 from the old one's.
   local state, omitted = s[3], ''
   if above and above > 0 and #state > above then state, omitted = '', '1' end
-  return {'run', jid, sid, s[1], s[2], state, s[4], tostring(step), tostring(attempt), j[1], holder, j[4] or '', j[5] or '',
+  return {'run', jid, sid, s[1], s[2], state, s[4], step, attempt, j[1], holder, j[4] or '', j[5] or '',
     j[3] or '0', j[6] or '', s[11] or '', s[12] or '', omitted}
 end

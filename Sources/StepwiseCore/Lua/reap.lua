@@ -20,8 +20,9 @@ local now = int_arg(ARGV[3], 'now', 0)
 local maxlen = int_arg(ARGV[4], 'maxlen', 1)
 local limit = int_arg(ARGV[5], 'active limit', 0)
 local prune = int_arg(ARGV[6], 'prune age', 0)
-need(KEYS[2] == P .. 'inflight:' .. dead and KEYS[3] == P .. 'worker:' .. dead and KEYS[4] == P .. 'workers',
-  'invalid_argument', 'keys do not belong to worker ' .. dead)
+if not (KEYS[2] == P .. 'inflight:' .. dead and KEYS[3] == P .. 'worker:' .. dead and KEYS[4] == P .. 'workers') then
+  fail('invalid_argument', 'keys do not belong to worker ' .. dead)
+end
 if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local crashed = redis.call('GET', P .. 'crash:' .. dead)
 redis.call('DEL', P .. 'crash:' .. dead)

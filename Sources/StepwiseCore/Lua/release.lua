@@ -18,8 +18,12 @@ local maxlen = int_arg(ARGV[6], 'maxlen', 1)
 local reason = oneof_arg(ARGV[7], 'reason', {'shutdown', 'orphan'})
 local limit = int_arg(ARGV[8], 'active limit', 0)
 oneof_arg(ARGV[9], 'uncount', {'0', '1'})
-need(token == '' or string.sub(token, 1, #worker + 1) == worker .. '/', 'invalid_argument', 'holder token does not belong to worker ' .. worker)
-need(KEYS[1] == P .. 'ready' and KEYS[2] == P .. 'inflight:' .. worker, 'invalid_argument', 'keys do not belong to worker ' .. worker)
+if not (token == '' or string.sub(token, 1, #worker + 1) == worker .. '/') then
+  fail('invalid_argument', 'holder token does not belong to worker ' .. worker)
+end
+if not (KEYS[1] == P .. 'ready' and KEYS[2] == P .. 'inflight:' .. worker) then
+  fail('invalid_argument', 'keys do not belong to worker ' .. worker)
+end
 if redis.call('LREM', KEYS[2], 0, jid) == 0 then
   redis.call('HINCRBY', P .. 'stats', 'stale_releases', 1)
   return 0

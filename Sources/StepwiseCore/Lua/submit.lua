@@ -22,7 +22,8 @@
 local P = prefix_arg(ARGV[1])
 local sid, agent, owner, options, input, idem = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 need(sid ~= nil and string.match(sid, '^[A-Za-z0-9_%-]+$') ~= nil and #sid <= 64, 'invalid_argument', 'bad session id')
-local now = int_arg(ARGV[8], 'now', 0)
+int_arg(ARGV[8], 'now', 0)
+local now = ARGV[8]
 local ttl = ARGV[9]
 int_arg(ttl, 'ttl', 0, nil, true)
 int_arg(ARGV[11], 'max attempts', 1, 1000, true)
@@ -33,15 +34,23 @@ local dk = ARGV[14] or ''
 local cur = redis.call('HMGET', k.session, 'agent', 'owner', 'ttl', 'refreshed', 'cancelled', 'exp', 'dk')
 local new = not cur[1]
 if new then
-  need(agent ~= '', 'session_not_found', 'session ' .. sid .. ' does not exist: pass --agent to create it')
+  if agent == '' then fail('session_not_found', 'session ' .. sid .. ' does not exist: pass --agent to create it') end
   -- A key from a cache may be one a forget destroyed: a new incarnation gets a fresh key only.
   if dk ~= '' and ARGV[15] ~= '1' then return {'', 2, '-'} end
 else
-  need(agent == '' or cur[1] == agent, 'agent_mismatch', 'session ' .. sid .. ' runs agent ' .. tostring(cur[1]) .. ', not ' .. agent)
-  need(ARGV[13] == '1' or cur[2] == '' or cur[2] == owner, 'not_owner', 'session ' .. sid .. ' belongs to another owner')
-  need(not cur[5], 'cancelled', 'session ' .. sid .. ' was cancelled (' .. tostring(cur[5]) .. '): start a new session')
+  if not (agent == '' or cur[1] == agent) then
+    fail('agent_mismatch', 'session ' .. sid .. ' runs agent ' .. tostring(cur[1]) .. ', not ' .. agent)
+  end
+  if not (ARGV[13] == '1' or cur[2] == '' or cur[2] == owner) then
+    fail('not_owner', 'session ' .. sid .. ' belongs to another owner')
+  end
+  if cur[5] then
+    fail('cancelled', 'session ' .. sid .. ' was cancelled (' .. tostring(cur[5]) .. '): start a new session')
+  end
   local stored = cur[7] or ''
-  need(stored == '' or dk ~= '', 'encrypted', 'session ' .. sid .. ' is encrypted: submit with its keyring (--keyring-file, STEPWISE_KEYRING_FILE or STEPWISE_KEYRING)')
+  if not (stored == '' or dk ~= '') then
+    fail('encrypted', 'session ' .. sid .. ' is encrypted: submit with its keyring (--keyring-file, STEPWISE_KEYRING_FILE or STEPWISE_KEYRING)')
+  end
   if stored ~= dk then return {'', 2, stored} end
   if idem ~= '' then
     -- Compaction folds a few keys of an idle session into its hash as `i:<key>` (compact.lua).

@@ -12,7 +12,7 @@ local ttl = ARGV[4]
 int_arg(ttl, 'ttl', 0, nil, true)
 local k = session_keys(P, sid)
 local cur = redis.call('HMGET', k.session, 'agent', 'ttl', 'exp')
-need(cur[1], 'session_not_found', 'session ' .. sid .. ' does not exist (or expired)')
+if not cur[1] then fail('session_not_found', 'session ' .. sid .. ' does not exist (or expired)') end
 if ttl == '' then ttl = cur[2] else redis.call('HSET', k.session, 'ttl', ttl) end
 redis.call('HSET', k.session, 'active', now)
 return refresh(P, k, sid, now, ttl, 0, true, cur[3])
