@@ -20,6 +20,8 @@ mutations=(
   "a created key without the session's expiry|prelude.lua|s.replace(\"if redis.call('PTTL', key) == -1 then redis.call('PEXPIREAT', key, exp) end\", \"\")|keysCreatedMidSession"
   "release revives a dead letter|release.lua|s.replace(\"if (not s[1]) or s[4] or\", \"if (not s[1]) or\")|releaseNeverRevives"
   "a stale commit removes a newer claim's in-flight entry|commit.lua|s.replace(\"if head ~= jid or theirs then redis.call\", \"if true then redis.call\")|aStaleCallNeverRemovesTheEntry"
+  "a claim after compaction leaves the new stream without expiry|prelude.lua|s.replace(\"if s[5] == '0' or s[10] then seal\", \"if s[5] == '0' then seal\")|anIdleSessionsStreamIsRemoved"
+  "a commit drops the submit time its claim read|commit.lua|s.replace(\"j = {ARGV[19], ARGV[20], ARGV[21]}\", \"j = {ARGV[19], '', ARGV[21]}\")|aCommitCarriesWhatItsClaimRead"
   "dead_letter mutates before it validates|dead_letter.lua|s.replace(\"local action = oneof_arg(ARGV[3], 'action', {'retry', 'purge'})\", \"redis.call('HDEL', P .. 's:{x}', 'blocked')\\nlocal action = oneof_arg(ARGV[3], 'action', {'retry', 'purge'})\")|aBadArgumentIsATypedError"
 )
 failed=0

@@ -231,7 +231,9 @@ local function claim(P, inflight, worker, now, maxlen, limit, jid, moved, above)
   local holder = worker .. '/' .. next_seq(P)
   redis.call('HSET', k.session, 'status', 'running', 'holder', holder, 'active', now)
   event(k, maxlen, 'type', 'step.started', 'job', jid, 'step', step, 'attempt', attempt, 'time', now)
-  seal(s[8], {k.events})
+  -- The stream may be new only for a session with no step committed yet, or one whose stream
+  -- compaction removed (`evlast`): nothing else removes a live session's stream.
+  if s[5] == '0' or s[10] then seal(s[8], {k.events}) end
   -- A state longer than `above` bytes stays here (the worker has it cached at this version, or
   -- reads it with HGET); the incarnation tells a re-created session's version 1 from the old one's.
   local state, omitted = s[3], ''
