@@ -22,7 +22,7 @@ start)
   [ -n "$port" ] || { echo "error: no free loopback port found" >&2; exit 1; }
   redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes --dir "$dir" \
     --appendonly yes --appendfsync everysec --save "" --maxmemory-policy noeviction \
-    --stream-node-max-bytes 1024 --hash-max-listpack-value 8192 \
+    --stream-node-max-bytes 1024 --hash-max-listpack-value 8192 --hash-max-listpack-entries 48 \
     --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null
   for _ in $(seq 1 100); do
     if redis-cli -p "$port" ping >/dev/null 2>&1; then echo "$port"; exit 0; fi
