@@ -23,9 +23,9 @@ load() {
   "$bin" loadtest --redis "redis://127.0.0.1:$port" --workers "${WORKERS:-1,2}" --sessions "${SESSIONS:-200}" \
     --steps "${STEPS:-50}" --concurrency "${CONCURRENCY:-32}" --step-ms "${STEP_MS:-0}" "$@"
 }
-# Plain and encrypted runs alternate, ENC_ROUNDS times each (default 3), on the same server, so a
+# Plain and encrypted runs alternate, ENC_ROUNDS times each (default 7), on the same server, so a
 # slow spell of the machine hits both; the cost is the ratio of the medians.
-rounds=${ENC_ROUNDS:-3}
+rounds=${ENC_ROUNDS:-7}
 for i in $(seq 1 "$rounds"); do
   echo "## stepwise loadtest: counter, ${SESSIONS:-200} sessions x ${STEPS:-50} steps, plain (round $i of $rounds)"
   load --out "$dir/plain$i"

@@ -4,6 +4,8 @@
 #   redis-local.sh stop DIR
 # With no PORT a free one is picked. Data stays in DIR (append-only file on, so a restart keeps it).
 # The settings match deploy/redis.conf where they matter to Stepwise (AOF, noeviction, memory).
+# REDIS_LAUNCHER, when set, is a command the server runs under (scripts/bench-instructions.sh
+# runs it under valgrind); the start then waits up to 60 s instead of 5.
 set -euo pipefail
 cmd=${1:?start|stop}
 dir=${2:?directory}
@@ -20,11 +22,14 @@ start)
     done
   fi
   [ -n "$port" ] || { echo "error: no free loopback port found" >&2; exit 1; }
-  redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes --dir "$dir" \
+  # shellcheck disable=SC2086  # the launcher is a command line: split on purpose
+  ${REDIS_LAUNCHER:-} redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes --dir "$dir" \
     --appendonly yes --appendfsync everysec --save "" --maxmemory-policy noeviction \
     --stream-node-max-bytes 1024 --hash-max-listpack-value 8192 --hash-max-listpack-entries 48 \
     --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null
-  for _ in $(seq 1 100); do
+  tries=100
+  [ -z "${REDIS_LAUNCHER:-}" ] || tries=1200
+  for _ in $(seq 1 "$tries"); do
     if redis-cli -p "$port" ping >/dev/null 2>&1; then echo "$port"; exit 0; fi
     sleep 0.05
   done

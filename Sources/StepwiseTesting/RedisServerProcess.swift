@@ -213,9 +213,30 @@ public final class RedisServerProcess: Sendable {
         return "/usr/bin/redis-server"
     }
 
-    /// A TCP port on 127.0.0.1 that was free a moment ago: bind port 0, read the port the kernel
-    /// chose, close.
+    /// A TCP port on 127.0.0.1 that was free a moment ago, below the kernel's ephemeral range.
+    ///
+    /// Not a port the kernel picks for `bind(0)`: that one comes from the ephemeral range, where
+    /// every outgoing connection (a Redis client, a Prometheus scrape) also takes its local port,
+    /// so one of them could take it before the server it is for binds it (a gateway in a test run
+    /// failed with `EADDRINUSE` that way).
     public static func freeLoopbackPort() throws -> Int {
+        let low = ephemeralRangeStart() ?? 32768
+        let candidates = 10_000..<max(10_001, min(low, 65_536))
+        for _ in 0..<500 {
+            let port = Int.random(in: candidates)
+            if try isFree(port) { return port }
+        }
+        throw TestSupportError("no free loopback port in \(candidates) after 500 tries")
+    }
+
+    /// The first port of `net.ipv4.ip_local_port_range`.
+    static func ephemeralRangeStart() -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8) else { return nil }
+        return text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).first.flatMap { Int($0) }
+    }
+
+    /// Whether 127.0.0.1:`port` can be bound now.
+    static func isFree(_ port: Int) throws -> Bool {
         #if canImport(Glibc)
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         #else
@@ -225,17 +246,11 @@ public final class RedisServerProcess: Sendable {
         defer { close(fd) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = 0
+        addr.sin_port = UInt16(port).bigEndian
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
         let bound = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard bound == 0 else { throw TestSupportError("bind(127.0.0.1:0) failed: errno \(errno)") }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let named = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        guard named == 0 else { throw TestSupportError("getsockname failed: errno \(errno)") }
-        return Int(UInt16(bigEndian: addr.sin_port))
+        return bound == 0
     }
 }
