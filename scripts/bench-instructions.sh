@@ -28,11 +28,11 @@ port=$(REDIS_LAUNCHER="valgrind --tool=callgrind --callgrind-out-file=$dir/callg
 pid=$(cat "$dir/redis.pid")
 echo "# $(date -u +%Y-%m-%dT%H:%MZ)  redis $(redis-server --version | cut -d' ' -f3) under callgrind on 127.0.0.1:$port, $sessions sessions x $steps steps, 1 worker"
 for bin in "${bins[@]}"; do
-  callgrind_control -z "$pid" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
   "$bin" loadtest --redis "redis://127.0.0.1:$port" --workers 1 --sessions "$sessions" --steps "$steps" \
     --concurrency 8 --time-limit 600 >"$dir/loadtest.out" 2>&1 || { cat "$dir/loadtest.out" >&2; exit 1; }
   before=$(ls "$dir"/callgrind.* | wc -l)
-  callgrind_control -d "$pid" >/dev/null
+  callgrind_control -d "$pid" >/dev/null 2>&1
   for _ in $(seq 1 100); do [ "$(ls "$dir"/callgrind.* | wc -l)" -gt "$before" ] && break; sleep 0.1; done
   dump=$(ls -t "$dir"/callgrind.* | head -1)
   total=$(awk '/^totals:/ {print $2; exit}' "$dump")

@@ -22,11 +22,17 @@ start)
     done
   fi
   [ -n "$port" ] || { echo "error: no free loopback port found" >&2; exit 1; }
-  # shellcheck disable=SC2086  # the launcher is a command line: split on purpose
-  ${REDIS_LAUNCHER:-} redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes --dir "$dir" \
-    --appendonly yes --appendfsync everysec --save "" --maxmemory-policy noeviction \
-    --stream-node-max-bytes 1024 --hash-max-listpack-value 8192 --hash-max-listpack-entries 48 \
-    --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null
+  args=(--port "$port" --bind 127.0.0.1 --protected-mode yes --dir "$dir"
+    --appendonly yes --appendfsync everysec --save "" --maxmemory-policy noeviction
+    --stream-node-max-bytes 1024 --hash-max-listpack-value 8192 --hash-max-listpack-entries 48
+    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log")
+  if [ -n "${REDIS_LAUNCHER:-}" ]; then
+    # Not daemonized: the launcher (valgrind) keeps the server's own process id.
+    # shellcheck disable=SC2086  # the launcher is a command line: split on purpose
+    nohup $REDIS_LAUNCHER redis-server "${args[@]}" --daemonize no >"$dir/launcher.log" 2>&1 &
+  else
+    redis-server "${args[@]}" --daemonize yes >/dev/null
+  fi
   tries=100
   [ -z "${REDIS_LAUNCHER:-}" ] || tries=1200
   for _ in $(seq 1 "$tries"); do
