@@ -7,7 +7,8 @@
 # the load test's final checks and clean-up, background cron), divided by the steps: compare
 # binaries, not absolute numbers.
 # Usage: scripts/bench-instructions.sh [STEPWISE_BINARY ...]   (default: this tree's release build)
-# Each binary's run is measured alone, one after another, on the same server.
+# Each binary's run is measured alone, one after another, on the same server. LOADTEST_ARGS adds
+# load test options to every run (for example "--keyring-file keyring.json").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null; then
@@ -27,10 +28,11 @@ trap cleanup EXIT
 port=$(REDIS_LAUNCHER="valgrind --tool=callgrind --callgrind-out-file=$dir/callgrind.%p" scripts/redis-local.sh start "$dir")
 pid=$(cat "$dir/redis.pid")
 echo "# $(date -u +%Y-%m-%dT%H:%MZ)  redis $(redis-server --version | cut -d' ' -f3) under callgrind on 127.0.0.1:$port, $sessions sessions x $steps steps, 1 worker"
+# shellcheck disable=SC2086  # LOADTEST_ARGS is a list of options: split on purpose
 for bin in "${bins[@]}"; do
   callgrind_control -z "$pid" >/dev/null 2>&1
   "$bin" loadtest --redis "redis://127.0.0.1:$port" --workers 1 --sessions "$sessions" --steps "$steps" \
-    --concurrency 8 --time-limit 600 >"$dir/loadtest.out" 2>&1 || { cat "$dir/loadtest.out" >&2; exit 1; }
+    --concurrency 8 --time-limit 600 ${LOADTEST_ARGS:-} >"$dir/loadtest.out" 2>&1 || { cat "$dir/loadtest.out" >&2; exit 1; }
   before=$(ls "$dir"/callgrind.* | wc -l)
   callgrind_control -d "$pid" >/dev/null 2>&1
   for _ in $(seq 1 100); do [ "$(ls "$dir"/callgrind.* | wc -l)" -gt "$before" ] && break; sleep 0.1; done

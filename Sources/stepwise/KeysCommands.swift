@@ -176,7 +176,7 @@ struct ForgetCommand: AsyncParsableCommand {
         if receipt != nil && rewriteAof {
             // `BGREWRITEAOF`: the rewritten file holds only what the dataset holds now; Redis
             // deletes the old files once it is done. See https://redis.io/docs/latest/commands/bgrewriteaof/.
-            try await reportingFailures { try await conn.send(["BGREWRITEAOF"]).throwingServerError() }
+            _ = try await reportingFailures { try await conn.send(["BGREWRITEAOF"]).throwingServerError() }
         }
         if json {
             try output(
