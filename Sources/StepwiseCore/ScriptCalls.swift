@@ -92,14 +92,6 @@ struct ScriptCalls: Sendable {
         var attempt: Int
         var submittedAt: Int64?
         var maxAttempts: Int?
-
-        init(attempt: Int, submittedAt: Int64?, maxAttempts: Int?) {
-            self.attempt = attempt
-            self.submittedAt = submittedAt
-            self.maxAttempts = maxAttempts
-        }
-
-        init(_ job: Claim.Job) { self.init(attempt: job.attempt, submittedAt: job.submittedAt, maxAttempts: job.maxAttempts) }
     }
 
     func commit(_ a: CommitArguments, now: Int64) -> ScriptCall {
@@ -280,4 +272,8 @@ extension Error {
         if let e = self as? RedisError { return e.code == .outOfMemory }
         return false
     }
+}
+
+extension ScriptCalls.ClaimedJob {
+    init(_ job: Claim.Job) { self.init(attempt: job.attempt, submittedAt: job.submittedAt, maxAttempts: job.maxAttempts) }
 }
