@@ -89,22 +89,10 @@ struct ScriptContractTests {
             .replacing(argument: 17, "1 two 3")
         },
         Case(name: "commit: claimed attempt 0") { s, _, job, holder in
-            s.commit(
-                .init(
-                    worker: "w", jobID: job, holder: holder, outcome: .wait, state: "{}", payload: "", fetchNext: false, activeLimit: 0,
-                    claimed: .init(attempt: 1, submittedAt: 5, maxAttempts: nil)),
-                now: 1
-            )
-            .replacing(argument: 18, "0")
+            commitWithClaimedFacts(s, job, holder).replacing(argument: 18, "0")
         },
         Case(name: "commit: claimed submit time not a number") { s, _, job, holder in
-            s.commit(
-                .init(
-                    worker: "w", jobID: job, holder: holder, outcome: .wait, state: "{}", payload: "", fetchNext: false, activeLimit: 0,
-                    claimed: .init(attempt: 1, submittedAt: 5, maxAttempts: nil)),
-                now: 1
-            )
-            .replacing(argument: 19, "soon")
+            commitWithClaimedFacts(s, job, holder).replacing(argument: 19, "soon")
         },
         Case(name: "release: unknown reason") { s, _, job, holder in
             s.release(worker: "w", jobID: job, holder: holder, reason: .shutdown, now: 1, activeLimit: 0, uncount: true).replacing(
@@ -171,4 +159,13 @@ struct ScriptContractTests {
 
 extension ScriptCall {
     func replacing(argument index: Int, _ value: String) -> ScriptCall { ScriptContractTests.with(self, argument: index, value) }
+}
+
+/// A valid commit that sends what its claim read of the job (ARGV 19-21).
+private func commitWithClaimedFacts(_ s: ScriptCalls, _ job: String, _ holder: String) -> ScriptCall {
+    s.commit(
+        .init(
+            worker: "w", jobID: job, holder: holder, outcome: .wait, state: "{}", payload: "", fetchNext: false, activeLimit: 0,
+            claimed: .init(attempt: 1, submittedAt: 5, maxAttempts: nil)),
+        now: 1)
 }
