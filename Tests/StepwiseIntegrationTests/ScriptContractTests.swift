@@ -62,37 +62,20 @@ struct ScriptContractTests {
             return c
         },
         Case(name: "commit: unknown outcome") { s, _, job, holder in
-            s.commit(
-                .init(worker: "w", jobID: job, holder: holder, outcome: .wait, state: "{}", payload: "", fetchNext: false, activeLimit: 0),
-                now: 1
-            )
-            .replacing(argument: 6, "explode")
+            validCommit(s, job, holder).replacing(argument: 6, "explode")
         },
-        Case(name: "commit: a token of another worker") { s, _, job, _ in
-            s.commit(
-                .init(
-                    worker: "w", jobID: job, holder: "other/1", outcome: .wait, state: "{}", payload: "", fetchNext: false, activeLimit: 0),
-                now: 1)
-        },
+        Case(name: "commit: a token of another worker") { s, _, job, _ in validCommit(s, job, "other/1") },
         Case(name: "commit: negative retry delay") { s, _, job, holder in
-            s.commit(
-                .init(worker: "w", jobID: job, holder: holder, outcome: .retry, state: "{}", payload: "", fetchNext: false, activeLimit: 0),
-                now: 1
-            )
-            .replacing(argument: 11, "-5")
+            validCommit(s, job, holder, outcome: .retry).replacing(argument: 11, "-5")
         },
         Case(name: "commit: malformed state delta") { s, _, job, holder in
-            s.commit(
-                .init(worker: "w", jobID: job, holder: holder, outcome: .wait, state: "{}", payload: "", fetchNext: false, activeLimit: 0),
-                now: 1
-            )
-            .replacing(argument: 17, "1 two 3")
+            validCommit(s, job, holder).replacing(argument: 17, "1 two 3")
         },
         Case(name: "commit: claimed attempt 0") { s, _, job, holder in
-            commitWithClaimedFacts(s, job, holder).replacing(argument: 18, "0")
+            validCommit(s, job, holder, claimed: .init(attempt: 1, submittedAt: 5, maxAttempts: nil)).replacing(argument: 18, "0")
         },
         Case(name: "commit: claimed submit time not a number") { s, _, job, holder in
-            commitWithClaimedFacts(s, job, holder).replacing(argument: 19, "soon")
+            validCommit(s, job, holder, claimed: .init(attempt: 1, submittedAt: 5, maxAttempts: nil)).replacing(argument: 19, "soon")
         },
         Case(name: "release: unknown reason") { s, _, job, holder in
             s.release(worker: "w", jobID: job, holder: holder, reason: .shutdown, now: 1, activeLimit: 0, uncount: true).replacing(
@@ -161,11 +144,14 @@ extension ScriptCall {
     func replacing(argument index: Int, _ value: String) -> ScriptCall { ScriptContractTests.with(self, argument: index, value) }
 }
 
-/// A valid commit that sends what its claim read of the job (ARGV 19-21).
-private func commitWithClaimedFacts(_ s: ScriptCalls, _ job: String, _ holder: String) -> ScriptCall {
+/// A well-formed commit of worker `w` (with `claimed`: also sending what its claim read, ARGV 19-21).
+private func validCommit(
+    _ s: ScriptCalls, _ job: String, _ holder: String, outcome: CommitOutcome = .wait,
+    claimed: ScriptCalls.ClaimedJob? = nil
+) -> ScriptCall {
     s.commit(
         .init(
-            worker: "w", jobID: job, holder: holder, outcome: .wait, state: "{}", payload: "", fetchNext: false, activeLimit: 0,
-            claimed: .init(attempt: 1, submittedAt: 5, maxAttempts: nil)),
+            worker: "w", jobID: job, holder: holder, outcome: outcome, state: "{}", payload: "", fetchNext: false, activeLimit: 0,
+            claimed: claimed),
         now: 1)
 }

@@ -13,11 +13,9 @@
 -- from `ready` (up to ARGV[7]; empty when `ready` is empty; it stops at 'unregistered').
 local P = prefix_arg(ARGV[1])
 local worker = worker_arg(ARGV[2])
-int_arg(ARGV[3], 'now', 0)
+local now = int_text_arg(ARGV[3], 'now', 0)
 local jid = ARGV[4]
-int_arg(ARGV[5], 'maxlen', 1)
--- Text, as commit.lua keeps them.
-local now, maxlen = ARGV[3], ARGV[5]
+local maxlen = int_text_arg(ARGV[5], 'maxlen', 1)
 local limit = int_arg(ARGV[6], 'active limit', 0)
 local count = int_arg(ARGV[7], 'count', 1, 1000)
 local above = int_arg(ARGV[8] or '', 'state cache threshold', 0, nil, true)

@@ -35,11 +35,8 @@
 -- Returns {'ok'|'retry'|'dead'|'cancelled'|'stale'|'delta', event id, version, next claim or nil}.
 local P = prefix_arg(ARGV[1])
 local worker = worker_arg(ARGV[2])
--- `now` and `maxlen` stay text (validated): they go to Redis as arguments, and a Lua number
--- would be formatted again for each use.
-int_arg(ARGV[3], 'now', 0)
-int_arg(ARGV[4], 'maxlen', 1)
-local now, maxlen = ARGV[3], ARGV[4]
+local now = int_text_arg(ARGV[3], 'now', 0)
+local maxlen = int_text_arg(ARGV[4], 'maxlen', 1)
 local jid, holder = ARGV[5], ARGV[6]
 local sid, seq = job_arg(jid)
 local outcome = oneof_arg(ARGV[7], 'outcome', {'continue', 'wait', 'done', 'fail', 'retry', 'dead'})
@@ -64,7 +61,7 @@ if delta ~= '' then
   dprefix, dsuffix, dversion = tonumber(dprefix), tonumber(dsuffix), tonumber(dversion)
 end
 local kept
-if not (string.sub(holder, 1, #worker + 1) == worker .. '/') then
+if string.sub(holder, 1, #worker + 1) ~= worker .. '/' then
   fail('invalid_argument', 'holder token does not belong to worker ' .. worker)
 end
 if not (KEYS[1] == P .. 'ready' and KEYS[2] == P .. 'inflight:' .. worker) then

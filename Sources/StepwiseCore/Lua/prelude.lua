@@ -21,6 +21,12 @@ local function int_arg(v, name, lo, hi, optional)
   end
   return n
 end
+-- The same check for an argument used only as text (sent on to Redis): returns it unchanged,
+-- since a Lua number would be formatted again each time it is used as text.
+local function int_text_arg(v, name, lo, hi, optional)
+  int_arg(v, name, lo, hi, optional)
+  return v
+end
 local function oneof_arg(v, name, allowed)
   for _, a in ipairs(allowed) do if v == a then return v end end
   fail('invalid_argument', name .. ' must be one of ' .. table.concat(allowed, ', ') .. ', got ' .. tostring(v))

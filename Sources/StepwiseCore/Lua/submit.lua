@@ -22,8 +22,7 @@
 local P = prefix_arg(ARGV[1])
 local sid, agent, owner, options, input, idem = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 need(sid ~= nil and string.match(sid, '^[A-Za-z0-9_%-]+$') ~= nil and #sid <= 64, 'invalid_argument', 'bad session id')
-int_arg(ARGV[8], 'now', 0)
-local now = ARGV[8]
+local now = int_text_arg(ARGV[8], 'now', 0)
 local ttl = ARGV[9]
 int_arg(ttl, 'ttl', 0, nil, true)
 int_arg(ARGV[11], 'max attempts', 1, 1000, true)
